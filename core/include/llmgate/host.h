@@ -1,0 +1,213 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/**
+ * DOC: the host vtable
+ *
+ * Everything a plugin asks of llmgate goes through struct lg_host, handed to
+ * init(). Plugins never call core symbols, so they load with RTLD_LOCAL and
+ * can be tested against a fake host. Members are only ever appended; test
+ * for a member newer than your build's minimum with LG_HOST_HAS().
+ *
+ * Return values: 0 or a non-negative value on success, a negative errno on
+ * failure (-EBUSY: registration outside init; -EINVAL: bad argument;
+ * -ENOENT: no such key or object; -ENOMEM; -EEXIST: duplicate).
+ *
+ * Every member states its Ownership and the Thread it may be called from:
+ * "init" (during init()), "main" (init/start/stop/fini and main-loop
+ * callbacks), "loop" (any thread that runs a host loop: workers and main),
+ * "any" (any thread, including work-pool threads).
+ */
+#ifndef LLMGATE_HOST_H
+#define LLMGATE_HOST_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <llmgate/plugin.h>
+#include <llmgate/http.h>
+#include <llmgate/db.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct lg_provider_ops; /* <llmgate/provider.h> */
+struct lg_timer;        /* a timer on a host loop */
+
+enum lg_log_level {
+	LG_LOG_ERROR = 0,
+	LG_LOG_WARN,
+	LG_LOG_INFO,
+	LG_LOG_DEBUG,
+};
+
+/** lg_work_fn - runs on a work-pool thread; may block. */
+typedef void (*lg_work_fn)(void *arg);
+/** lg_done_fn - runs on the loop that submitted the work, after it ran. */
+typedef void (*lg_done_fn)(void *arg);
+/** lg_timer_fn - a timer fired, on the loop that started it. */
+typedef void (*lg_timer_fn)(void *arg);
+
+struct lg_host {
+	uint32_t size;          /* sizeof(struct lg_host) of the running host */
+	uint16_t abi_major;
+	uint16_t abi_minor;
+
+	/* ---- logging and errors ---- */
+
+	/** log() - one line to the log, tagged with the plugin (and the request
+	 * id when called during a request). Never pass secrets.
+	 * Thread: any. */
+	void (*log)(struct lg_plugin *self, enum lg_log_level level, const char *fmt, ...)
+		LG_PRINTF(3, 4);
+	/** set_error() - the reason init()/start() failed, printed by the host.
+	 * Thread: main. */
+	void (*set_error)(struct lg_plugin *self, const char *fmt, ...) LG_PRINTF(2, 3);
+
+	/* ---- configuration: the plugin's own block, validated against its
+	 * settings table; defaults applied. Ownership: values are borrowed and
+	 * live until fini(). Thread: any. Return 0, or -ENOENT for a key with
+	 * no value and no default, -EINVAL for a key not in the table or of
+	 * another type. ---- */
+	int (*cfg_str)(struct lg_plugin *self, const char *key, const char **out);
+	int (*cfg_int)(struct lg_plugin *self, const char *key, int64_t *out);
+	int (*cfg_double)(struct lg_plugin *self, const char *key, double *out);
+	int (*cfg_bool)(struct lg_plugin *self, const char *key, bool *out);
+	/** cfg_strings() - a STRINGS setting; *out is NULL-terminated. */
+	int (*cfg_strings)(struct lg_plugin *self, const char *key,
+			   const char *const **out, size_t *n);
+	/** cfg_u64() - a DURATION (ms) or SIZE (bytes) setting. */
+	int (*cfg_u64)(struct lg_plugin *self, const char *key, uint64_t *out);
+
+	/* ---- plugin state ---- */
+
+	/** set_data()/get_data() - the plugin's one state pointer.
+	 * Ownership: stays the plugin's; free it in fini(). Thread: any. */
+	void (*set_data)(struct lg_plugin *self, void *data);
+	void *(*get_data)(struct lg_plugin *self);
+
+	/* ---- registration. Thread: init only; later calls return -EBUSY. ---- */
+
+	/** route_add() - serve a method and path. Ownership: @route is copied.
+	 * -EEXIST if the method and path are already taken. */
+	int (*route_add)(struct lg_plugin *self, const struct lg_route *route, void *ud);
+	/** hook_add() - join a phase; lower @priority runs first. */
+	int (*hook_add)(struct lg_plugin *self, enum lg_phase phase, lg_hook_fn fn,
+			int priority, void *ud);
+	/** provider_add() - register a provider type (<llmgate/provider.h>).
+	 * Ownership: @ops must stay valid until fini(). */
+	int (*provider_add)(struct lg_plugin *self, const struct lg_provider_ops *ops, void *ud);
+
+	/* ---- loops, timers and work ---- */
+
+	/** loop() - the calling thread's event base (a worker's or main's), or
+	 * NULL on a thread without a host loop. Thread: loop. */
+	struct event_base *(*loop)(void);
+	/** timer_start() - call @fn after @ms, once or every @ms, on the calling
+	 * loop. Ownership: the host's; stop it with timer_stop() (once timers
+	 * are freed) before fini(). Thread: loop. NULL on failure. */
+	struct lg_timer *(*timer_start)(struct lg_plugin *self, uint64_t ms, bool repeat,
+					lg_timer_fn fn, void *arg);
+	/** timer_stop() - stop and free a timer; NULL is ignored. Thread: the
+	 * loop that started it. */
+	void (*timer_stop)(struct lg_timer *timer);
+	/** work_submit() - run @work on the work pool, then @done on the
+	 * calling loop. Thread: loop. */
+	int (*work_submit)(struct lg_plugin *self, lg_work_fn work, lg_done_fn done, void *arg);
+
+	/* ---- PostgreSQL ---- */
+
+	/** db_query() - run one parameterised statement on the pool; @cb runs on
+	 * the calling loop with the result. Ownership: @sql and @params are
+	 * copied. Thread: loop. */
+	int (*db_query)(struct lg_plugin *self, const char *sql, int nparams,
+			const char *const *params, lg_db_fn cb, void *arg);
+	/** db_query_sync() - the same, blocking, for init/start and work-pool
+	 * threads only (never a worker). Ownership: *out is the caller's; free
+	 * it with PQclear(). On error *out is NULL and @err (if not NULL)
+	 * receives the message. Thread: main or work pool. */
+	int (*db_query_sync)(struct lg_plugin *self, const char *sql, int nparams,
+			     const char *const *params, PGresult **out,
+			     char *err, size_t errlen);
+	/** db_listen() - receive NOTIFY on @channel ([a-z_][a-z0-9_]*).
+	 * Thread: init. */
+	int (*db_listen)(struct lg_plugin *self, const char *channel, lg_notify_fn fn, void *arg);
+
+	/* ---- the request: reading it. Thread: the request's worker. ---- */
+
+	const char *(*req_method)(struct lg_req *req);
+	/** req_path() - the decoded path without the query string. */
+	const char *(*req_path)(struct lg_req *req);
+	/** req_param() - a path parameter of the route ("{id}"), or NULL. */
+	const char *(*req_param)(struct lg_req *req, const char *name);
+	/** req_query() - the first value of a query parameter, decoded, or NULL. */
+	const char *(*req_query)(struct lg_req *req, const char *name);
+	/** req_header() - a request header (case-insensitive name), or NULL. */
+	const char *(*req_header)(struct lg_req *req, const char *name);
+	/** req_body() - the whole request body. */
+	struct lg_str (*req_body)(struct lg_req *req);
+	/** req_id() - the request id sent back in x-request-id. */
+	const char *(*req_id)(struct lg_req *req);
+	/** req_alloc() - zeroed memory freed when the request ends.
+	 * Ownership: the request's. NULL on failure. */
+	void *(*req_alloc)(struct lg_req *req, size_t size);
+	/** req_set_data()/req_get_data() - one pointer per plugin per request.
+	 * Ownership: the plugin's (use req_alloc to tie it to the request). */
+	void (*req_set_data)(struct lg_req *req, struct lg_plugin *self, void *data);
+	void *(*req_get_data)(struct lg_req *req, struct lg_plugin *self);
+	/** req_set_principal() - set by an AUTH hook. Ownership: copied. */
+	int (*req_set_principal)(struct lg_req *req, const struct lg_principal *who);
+	/** req_principal() - the caller, or NULL for an anonymous one. */
+	const struct lg_principal *(*req_principal)(struct lg_req *req);
+
+	/* ---- the request: answering it. Thread: the request's worker. ---- */
+
+	/** resume() - finish a hook that returned LG_HOOK_PENDING. */
+	void (*resume)(struct lg_req *req, enum lg_hook_result result);
+	/** reply_header() - add a header to the reply (before it starts).
+	 * Ownership: copied. -EINVAL on CR/LF or a reserved header. */
+	int (*reply_header)(struct lg_req *req, const char *name, const char *value);
+	/** reply() - answer with a whole body. Ownership: @body is copied. */
+	void (*reply)(struct lg_req *req, int status, const char *content_type,
+		      const char *body, size_t len);
+	/** reply_error() - answer with the error shape of DESIGN §7:
+	 * {"detail": msg, "error": {"message", "type", "code"}}. */
+	void (*reply_error)(struct lg_req *req, int status, const char *fmt, ...) LG_PRINTF(3, 4);
+	/** stream_start() - start a chunked reply (e.g. text/event-stream). */
+	int (*stream_start)(struct lg_req *req, int status, const char *content_type);
+	/** stream_write() - send bytes now. Returns the bytes still queued for
+	 * the client; above a few hundred KiB, pause the producer and wait
+	 * for the drain callback. Ownership: copied. */
+	long (*stream_write)(struct lg_req *req, const char *data, size_t len);
+	/** stream_end() - finish the stream; the request ends when it is sent. */
+	void (*stream_end)(struct lg_req *req);
+	/** on_close() - @fn runs if the client goes away before the reply is
+	 * complete. One per plugin per request. */
+	void (*on_close)(struct lg_req *req, struct lg_plugin *self, lg_close_fn fn, void *arg);
+	/** on_drain() - @fn runs when the queued stream output falls low. */
+	void (*on_drain)(struct lg_req *req, lg_drain_fn fn, void *arg);
+
+	/* ---- outbound HTTP ---- */
+
+	/** fetch() - start an outbound request on the calling loop.
+	 * Ownership: @rq is copied; the lg_fetch is the host's and lives until
+	 * on_done returns. Thread: loop. NULL on failure (on_done not called). */
+	struct lg_fetch *(*fetch)(struct lg_plugin *self, const struct lg_fetch_request *rq,
+				  const struct lg_fetch_handlers *h, void *arg);
+	/** fetch_cancel() - stop a transfer; on_done runs with ECANCELED. */
+	void (*fetch_cancel)(struct lg_fetch *f);
+	/** fetch_pause() - stop or restart reading the reply. */
+	void (*fetch_pause)(struct lg_fetch *f, bool paused);
+
+	/* 1.1+ members go below, never above */
+};
+
+/** LG_HOST_HAS() - whether the running host has vtable member @m. */
+#define LG_HOST_HAS(h, m) \
+	((h)->size >= offsetof(struct lg_host, m) + sizeof((h)->m))
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LLMGATE_HOST_H */
