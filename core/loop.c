@@ -23,6 +23,7 @@ struct lg_loop {
 	pthread_mutex_t lock;      /* guards head/tail/pending */
 	struct mail *head, *tail;
 	int pending;               /* the wake event is already active */
+	struct lg_fetcher *fetcher;
 	char name[32];
 };
 
@@ -117,6 +118,8 @@ void lg_loop_free(struct lg_loop *loop)
 struct event_base *lg_loop_base(struct lg_loop *loop) { return loop->base; }
 const char *lg_loop_name(struct lg_loop *loop) { return loop->name; }
 void lg_loop_bind_thread(struct lg_loop *loop) { current_loop = loop; }
+void lg_loop_set_fetcher(struct lg_loop *loop, struct lg_fetcher *f) { loop->fetcher = f; }
+struct lg_fetcher *lg_loop_fetcher(struct lg_loop *loop) { return loop->fetcher; }
 struct lg_loop *lg_loop_current(void) { return current_loop; }
 
 int lg_loop_post(struct lg_loop *loop, lg_loop_fn fn, void *arg)

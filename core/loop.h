@@ -26,6 +26,11 @@ const char *lg_loop_name(struct lg_loop *loop);
 void lg_loop_bind_thread(struct lg_loop *loop);
 struct lg_loop *lg_loop_current(void);
 
+/* The outbound HTTP client of this loop (set by its owner), or NULL. */
+struct lg_fetcher;
+void lg_loop_set_fetcher(struct lg_loop *loop, struct lg_fetcher *f);
+struct lg_fetcher *lg_loop_fetcher(struct lg_loop *loop);
+
 /* Runs @fn(@arg) on @loop's thread soon. Thread: any. 0 or -ENOMEM. */
 int lg_loop_post(struct lg_loop *loop, lg_loop_fn fn, void *arg);
 

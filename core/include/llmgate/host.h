@@ -105,8 +105,9 @@ struct lg_host {
 	 * NULL on a thread without a host loop. Thread: loop. */
 	struct event_base *(*loop)(void);
 	/** timer_start() - call @fn after @ms, once or every @ms, on the calling
-	 * loop. Ownership: the host's; stop it with timer_stop() (once timers
-	 * are freed) before fini(). Thread: loop. NULL on failure. */
+	 * loop. Ownership: the host's. A one-shot timer is freed by the host
+	 * just before @fn runs (the pointer is then invalid); a repeating one
+	 * lives until timer_stop(). Thread: loop. NULL on failure. */
 	struct lg_timer *(*timer_start)(struct lg_plugin *self, uint64_t ms, bool repeat,
 					lg_timer_fn fn, void *arg);
 	/** timer_stop() - stop and free a timer; NULL is ignored. Thread: the
@@ -123,15 +124,16 @@ struct lg_host {
 	 * copied. Thread: loop. */
 	int (*db_query)(struct lg_plugin *self, const char *sql, int nparams,
 			const char *const *params, lg_db_fn cb, void *arg);
-	/** db_query_sync() - the same, blocking, for init/start and work-pool
-	 * threads only (never a worker). Ownership: *out is the caller's; free
+	/** db_query_sync() - the same, blocking, for start() and work-pool
+	 * threads only (never a worker; the database is not connected during
+	 * init(), which only registers). Ownership: *out is the caller's; free
 	 * it with PQclear(). On error *out is NULL and @err (if not NULL)
 	 * receives the message. Thread: main or work pool. */
 	int (*db_query_sync)(struct lg_plugin *self, const char *sql, int nparams,
 			     const char *const *params, PGresult **out,
 			     char *err, size_t errlen);
-	/** db_listen() - receive NOTIFY on @channel ([a-z_][a-z0-9_]*).
-	 * Thread: init. */
+	/** db_listen() - receive NOTIFY on @channel ([a-z][a-z0-9_]*) once
+	 * the database is up; re-subscribed after reconnects. Thread: init. */
 	int (*db_listen)(struct lg_plugin *self, const char *channel, lg_notify_fn fn, void *arg);
 
 	/* ---- the request: reading it. Thread: the request's worker. ---- */
@@ -183,7 +185,11 @@ struct lg_host {
 	/** stream_end() - finish the stream; the request ends when it is sent. */
 	void (*stream_end)(struct lg_req *req);
 	/** on_close() - @fn runs if the client goes away before the reply is
-	 * complete. One per plugin per request. */
+	 * complete (or the server shuts down past its drain deadline). The
+	 * request must still be ended (reply, reply_error or stream_end; the
+	 * answer is discarded), now or when the work in progress finishes,
+	 * so that it is freed: the request stays valid until then. One per
+	 * plugin per request. */
 	void (*on_close)(struct lg_req *req, struct lg_plugin *self, lg_close_fn fn, void *arg);
 	/** on_drain() - @fn runs when the queued stream output falls low. */
 	void (*on_drain)(struct lg_req *req, lg_drain_fn fn, void *arg);

@@ -110,6 +110,9 @@ struct lg_setting {
  *               Optional. Thread: main.
  * @fini:        free everything; only called if init() returned 0.
  *               Optional. Thread: main, after workers stopped.
+ *
+ * Every lifecycle function gets the same host vtable as init(), so the
+ * plugin's state is one host->get_data(self) away.
  */
 struct lg_plugin_info {
 	uint16_t abi_major;
@@ -124,9 +127,9 @@ struct lg_plugin_info {
 	const struct lg_setting *settings;
 	size_t n_settings;
 	int (*init)(struct lg_plugin *self, const struct lg_host *host);
-	int (*start)(struct lg_plugin *self);
-	void (*stop)(struct lg_plugin *self);
-	void (*fini)(struct lg_plugin *self);
+	int (*start)(struct lg_plugin *self, const struct lg_host *host);
+	void (*stop)(struct lg_plugin *self, const struct lg_host *host);
+	void (*fini)(struct lg_plugin *self, const struct lg_host *host);
 	/* 1.1+ members go below, never above */
 };
 

@@ -1,0 +1,65 @@
+#!/bin/sh
+# Sets everything up and runs llmgate on the embedded default: a private
+# PostgreSQL cluster started on the spot under .run/ and the mock provider,
+# listening on http://127.0.0.1:8080 (LLMGATE_LISTEN changes it). Ctrl-C
+# stops the gateway and the cluster.
+set -eu
+cd "$(dirname "$0")/.."
+top=$(pwd)
+
+scripts/install-deps.sh
+[ -d build ] || meson setup build -Dbuildtype=debugoptimized
+meson compile -C build
+
+run="$top/.run"
+pgdata="$run/pgdata"
+pgport=${LLMGATE_PG_PORT:-54329}
+bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+mkdir -p "$run"
+
+# PostgreSQL refuses to run as root: as root, the cluster belongs to the
+# postgres system user.
+as_pg() {
+	if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+if [ ! -d "$pgdata" ]; then
+	password=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+	printf '%s\n' "$password" > "$run/pgpass"
+	chmod 600 "$run/pgpass"
+	mkdir -p "$pgdata"
+	[ "$(id -u)" -eq 0 ] && chown postgres:postgres "$pgdata" "$run/pgpass"
+	as_pg "$bindir/initdb" -D "$pgdata" -U postgres --auth=scram-sha-256 \
+		--pwfile="$run/pgpass" -E UTF8 >/dev/null
+	cat >> "$pgdata/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $pgport
+unix_socket_directories = '$pgdata'
+CONF
+fi
+[ "$(id -u)" -eq 0 ] && chmod 755 "$run"
+as_pg "$bindir/pg_ctl" -D "$pgdata" -l "$run/postgres.log" -w status >/dev/null 2>&1 ||
+	as_pg "$bindir/pg_ctl" -D "$pgdata" -l "$run/postgres.log" -w start >/dev/null
+trap 'as_pg "$bindir/pg_ctl" -D "$pgdata" -m fast -w stop >/dev/null' EXIT
+
+cat > "$run/config.yml" <<CONF
+server:
+  listen: ["${LLMGATE_LISTEN:-127.0.0.1:8080}"]
+  workers: auto
+plugins:
+  mock: {}
+dependencies:
+  postgres:
+    url: postgresql://postgres:\${PGPASSWORD}@127.0.0.1:$pgport/postgres
+    pool_size: 5
+settings:
+  monitoring_postgres_enabled: true
+CONF
+
+PGPASSWORD=$(cat "$run/pgpass")
+export PGPASSWORD
+echo "llmgate: PostgreSQL on 127.0.0.1:$pgport (data in $pgdata); config in $run/config.yml"
+# Not exec: the trap stops the cluster when the gateway exits.
+rc=0
+build/core/llmgate --config "$run/config.yml" --plugin-dir build/plugins/all "$@" || rc=$?
+exit $rc

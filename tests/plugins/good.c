@@ -1,0 +1,263 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* A well-formed test plugin: settings, migrations, public, key and admin
+ * routes, an AUTH hook, an asynchronous query, work-pool work, and
+ * start/stop/fini that log so tests can see the lifecycle. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <llmgate/host.h>
+
+struct good {
+	const struct lg_host *host;
+	struct lg_plugin *self;
+	const char *greeting;
+	int64_t count;
+};
+
+struct call {
+	struct good *g;
+	struct lg_req *req;
+	long result;
+	struct lg_timer *timer;
+};
+
+static const struct lg_setting good_settings[] = {
+	{ "greeting", LG_SETTING_STRING, "hello", 1, 64, 0, "what GET /good/hello says" },
+	{ "count", LG_SETTING_INT, "1", 1, 10, 0, "how many times it says it" },
+	{ "secret", LG_SETTING_STRING, NULL, 0, 0, LG_SETTING_SECRET, "never logged" },
+};
+
+static const struct lg_migration good_migrations[] = {
+	{ 1, "good_item", "CREATE TABLE good_item (id integer PRIMARY KEY, name text NOT NULL);" },
+	{ 2, "good_item_seed", "INSERT INTO good_item VALUES (1, 'first');" },
+	{ 0, NULL, NULL },
+};
+
+static void hello(struct lg_req *req, void *ud)
+{
+	struct good *g = ud;
+	const char *name = g->host->req_query(req, "name");
+	char body[512];
+	int n = snprintf(body, sizeof body, "{\"says\":\"");
+
+	for (int64_t i = 0; i < g->count; i++)
+		n += snprintf(body + n, sizeof body - (size_t)n, "%s%s", i ? " " : "", g->greeting);
+	n += snprintf(body + n, sizeof body - (size_t)n, "\",\"name\":\"%s\"}", name ? name : "");
+	g->host->reply(req, 200, "application/json", body, (size_t)n);
+}
+
+static void item_loaded(const PGresult *res, const char *error, void *arg)
+{
+	struct call *c = arg;
+	const struct lg_host *h = c->g->host;
+	char body[256];
+	int n;
+
+	if (error) {
+		h->reply_error(c->req, 500, "database error");
+		return;
+	}
+	if (PQntuples(res) == 0) {
+		h->reply_error(c->req, 404, "Item %s not found.", h->req_param(c->req, "id"));
+		return;
+	}
+	n = snprintf(body, sizeof body, "{\"id\":%s,\"name\":\"%s\",\"user\":%lld}",
+		     PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1),
+		     (long long)h->req_principal(c->req)->user_id);
+	h->reply(c->req, 200, "application/json", body, (size_t)n);
+}
+
+static void item(struct lg_req *req, void *ud)
+{
+	struct good *g = ud;
+	struct call *c = g->host->req_alloc(req, sizeof *c);
+	const char *params[1] = { g->host->req_param(req, "id") };
+
+	if (!c) {
+		g->host->reply_error(req, 500, "out of memory");
+		return;
+	}
+	c->g = g;
+	c->req = req;
+	/* The id is data, never SQL: "1 OR 1=1" finds nothing. */
+	if (g->host->db_query(g->self, "SELECT id, name FROM good_item WHERE id::text = $1", 1,
+			      params, item_loaded, c) < 0)
+		g->host->reply_error(req, 503, "database unavailable");
+}
+
+static void admin_only(struct lg_req *req, void *ud)
+{
+	struct good *g = ud;
+
+	g->host->reply(req, 200, "application/json", "{\"admin\":true}", 14);
+}
+
+static void sum_work(void *arg)
+{
+	struct call *c = arg;
+
+	/* Runs on a work-pool thread: blocking is allowed here. */
+	for (long i = 1; i <= 1000; i++)
+		c->result += i;
+}
+
+static void sum_done(void *arg)
+{
+	struct call *c = arg;
+	char body[64];
+	int n = snprintf(body, sizeof body, "{\"sum\":%ld}", c->result);
+
+	c->g->host->reply(c->req, 200, "application/json", body, (size_t)n);
+}
+
+static void sum(struct lg_req *req, void *ud)
+{
+	struct good *g = ud;
+	struct call *c = g->host->req_alloc(req, sizeof *c);
+
+	if (!c || g->host->work_submit(g->self, sum_work, sum_done, c) < 0) {
+		g->host->reply_error(req, 500, "cannot submit work");
+		return;
+	}
+	c->g = g;
+	c->req = req;
+}
+
+static void slow_done(void *arg)
+{
+	struct call *c = arg;
+	char body[64];
+
+	c->timer = NULL; /* a one-shot timer is freed once it fired */
+	int n = snprintf(body, sizeof body, "{\"slept_ms\":%ld}", c->result);
+
+	c->g->host->reply(c->req, 200, "application/json", body, (size_t)n);
+}
+
+/* The client left: stop waiting, and end the request (the answer is
+ * discarded) so that it can be freed. */
+static void slow_abandoned(struct lg_req *req, void *arg)
+{
+	struct call *c = arg;
+
+	c->g->host->timer_stop(c->timer);
+	c->timer = NULL;
+	c->g->host->reply_error(req, 499, "client closed the request");
+}
+
+/* GET /good/slow?ms=N answers after N ms, from a timer: the loop stays free. */
+static void slow(struct lg_req *req, void *ud)
+{
+	struct good *g = ud;
+	struct call *c = g->host->req_alloc(req, sizeof *c);
+	const char *ms = g->host->req_query(req, "ms");
+
+	if (!c) {
+		g->host->reply_error(req, 500, "out of memory");
+		return;
+	}
+	c->g = g;
+	c->req = req;
+	c->result = ms ? strtol(ms, NULL, 10) : 100;
+	c->timer = g->host->timer_start(g->self, (uint64_t)c->result, false, slow_done, c);
+	if (!c->timer) {
+		g->host->reply_error(req, 500, "cannot start a timer");
+		return;
+	}
+	g->host->on_close(req, g->self, slow_abandoned, c);
+}
+
+/* "Bearer good-token" is user 7; "Bearer good-admin" is an admin. */
+static enum lg_hook_result authenticate(struct lg_req *req, void *ud)
+{
+	struct good *g = ud;
+	const char *authz = g->host->req_header(req, "Authorization");
+	struct lg_principal who = { .size = sizeof who };
+
+	if (!authz)
+		return LG_HOOK_DECLINE;
+	if (strcmp(authz, "Bearer good-token") == 0) {
+		who.user_id = 7;
+		who.user_name = "alice";
+	} else if (strcmp(authz, "Bearer good-admin") == 0) {
+		who.user_id = 1;
+		who.user_name = "admin";
+		who.permissions = LG_PERM_ADMIN;
+	} else {
+		return LG_HOOK_DECLINE;
+	}
+	return g->host->req_set_principal(req, &who) == 0 ? LG_HOOK_OK : LG_HOOK_DECLINE;
+}
+
+static int good_init(struct lg_plugin *self, const struct lg_host *host)
+{
+	static const struct lg_route routes[] = {
+		{ sizeof(struct lg_route), "GET", "/good/hello", LG_POLICY_PUBLIC, 0, hello },
+		{ sizeof(struct lg_route), "GET", "/good/items/{id}", LG_POLICY_KEY, 0, item },
+		{ sizeof(struct lg_route), "GET", "/good/admin", LG_POLICY_ADMIN, 0, admin_only },
+		{ sizeof(struct lg_route), "POST", "/good/sum", LG_POLICY_PUBLIC, 1024, sum },
+		{ sizeof(struct lg_route), "GET", "/good/slow", LG_POLICY_PUBLIC, 0, slow },
+	};
+	struct good *g = calloc(1, sizeof *g);
+	int rc;
+
+	if (!g)
+		return -ENOMEM;
+	g->host = host;
+	g->self = self;
+	if (host->cfg_str(self, "greeting", &g->greeting) < 0 ||
+	    host->cfg_int(self, "count", &g->count) < 0) {
+		host->set_error(self, "cannot read settings");
+		free(g);
+		return -EINVAL;
+	}
+	for (size_t i = 0; i < LG_COUNT(routes); i++) {
+		rc = host->route_add(self, &routes[i], g);
+		if (rc < 0) {
+			host->set_error(self, "route %s: %s", routes[i].path, strerror(-rc));
+			free(g);
+			return rc;
+		}
+	}
+	rc = host->hook_add(self, LG_PHASE_AUTH, authenticate, 100, g);
+	if (rc < 0) {
+		free(g);
+		return rc;
+	}
+	host->set_data(self, g);
+	host->log(self, LG_LOG_INFO, "good: init");
+	return 0;
+}
+
+static int good_start(struct lg_plugin *self, const struct lg_host *host)
+{
+	PGresult *res = NULL;
+	char err[256];
+
+	if (host->db_query_sync(self, "SELECT count(*) FROM good_item", 0, NULL, &res, err,
+				sizeof err) < 0) {
+		host->set_error(self, "start: %s", err);
+		return -EIO;
+	}
+	host->log(self, LG_LOG_INFO, "good: start (%s items)", PQgetvalue(res, 0, 0));
+	PQclear(res);
+	return 0;
+}
+
+static void good_stop(struct lg_plugin *self, const struct lg_host *host)
+{
+	host->log(self, LG_LOG_INFO, "good: stop");
+}
+
+static void good_fini(struct lg_plugin *self, const struct lg_host *host)
+{
+	host->log(self, LG_LOG_INFO, "good: fini");
+	free(host->get_data(self));
+}
+
+LG_PLUGIN(.name = "good", .version = "1.2.3", .description = "a well-formed test plugin",
+	  .migrations = good_migrations, .settings = good_settings,
+	  .n_settings = LG_COUNT(good_settings), .init = good_init, .start = good_start,
+	  .stop = good_stop, .fini = good_fini);
