@@ -96,6 +96,7 @@ struct lg_core_config {
 	uint32_t drain_timeout_ms;
 	size_t max_connections;
 	int json_max_depth;
+	size_t json_max_items;
 	char *log_level;
 	/* dependencies.postgres: */
 	char *pg_url;

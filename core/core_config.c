@@ -57,6 +57,8 @@ static const struct lg_setting server_table[] = {
 	  "Most open client connections per worker" },
 	{ "json_max_depth", LG_SETTING_INT, "64", 1, 1000, 0,
 	  "Deepest nesting accepted in a JSON request body" },
+	{ "json_max_items", LG_SETTING_INT, "10000", 1, 10000000, 0,
+	  "Most members of one JSON object or elements of one array in a request body" },
 	{ "log_level", LG_SETTING_STRING, "info", 0, 0, 0,
 	  "error, warn, info or debug" },
 };
@@ -352,7 +354,7 @@ static int build_server_numbers(struct lg_core_config *cfg, const struct lg_sett
 				char *err, size_t errlen)
 {
 	uint64_t hdr_bytes, body_bytes, hdr_to, body_to, idle_to, write_to, drain_to;
-	int64_t max_headers, max_conns, depth;
+	int64_t max_headers, max_conns, depth, items;
 
 	if (lg_settings_u64(s, "max_header_bytes", &hdr_bytes) ||
 	    lg_settings_u64(s, "max_body_bytes", &body_bytes) ||
@@ -363,7 +365,8 @@ static int build_server_numbers(struct lg_core_config *cfg, const struct lg_sett
 	    lg_settings_u64(s, "drain_timeout", &drain_to) ||
 	    lg_settings_int(s, "max_headers", &max_headers) ||
 	    lg_settings_int(s, "max_connections", &max_conns) ||
-	    lg_settings_int(s, "json_max_depth", &depth))
+	    lg_settings_int(s, "json_max_depth", &depth) ||
+	    lg_settings_int(s, "json_max_items", &items))
 		return internal_error("server", "(numbers)", err, errlen);
 	/* The tables' bounds keep every value within its field. */
 	cfg->max_header_bytes = (size_t)hdr_bytes;
@@ -376,6 +379,7 @@ static int build_server_numbers(struct lg_core_config *cfg, const struct lg_sett
 	cfg->max_headers = (size_t)max_headers;
 	cfg->max_connections = (size_t)max_conns;
 	cfg->json_max_depth = (int)depth;
+	cfg->json_max_items = (size_t)items;
 	return 0;
 }
 

@@ -8,15 +8,19 @@
 #include <time.h>
 
 #include <event2/event.h>
+#include <jansson.h>
 
 #include "fetch.h"
 #include "httpd.h"
+#include "json.h"
 #include "log.h"
 #include "pg.h"
 #include "runtime.h"
 #include "workpool.h"
 
 static _Thread_local const char *current_rid;
+
+static void h_reply_error(struct lg_req *req, int status, const char *fmt, ...) LG_PRINTF(3, 4);
 
 void lg_host_set_current_request(const char *request_id) { current_rid = request_id; }
 
@@ -269,6 +273,8 @@ static int h_work_submit(struct lg_plugin *self, lg_work_fn work, lg_done_fn don
 
 	if (!work || (done && !loop))
 		return -EINVAL;
+	if (atomic_load(&self->rt->closing))
+		return -ESHUTDOWN;
 	return lg_workpool_submit(self->rt->workpool, loop, work, done, arg);
 }
 
@@ -282,6 +288,8 @@ static int h_db_query(struct lg_plugin *self, const char *sql, int nparams,
 
 	if (!sql || !cb || !loop || nparams < 0)
 		return -EINVAL;
+	if (atomic_load(&self->rt->closing))
+		return -ESHUTDOWN;
 	if (!pg)
 		return -EAGAIN;
 	return lg_pg_query(pg, loop, sql, nparams, params, cb, arg);
@@ -297,6 +305,10 @@ static int h_db_query_sync(struct lg_plugin *self, const char *sql, int nparams,
 	if (!err || errlen == 0) {
 		err = local;
 		errlen = sizeof local;
+	}
+	if (atomic_load(&self->rt->closing)) {
+		snprintf(err, errlen, "llmgate is shutting down");
+		return -ESHUTDOWN;
 	}
 	if (!pg) {
 		snprintf(err, errlen, "the database is not connected yet (use it from start())");
@@ -384,6 +396,36 @@ static const char *h_req_query(struct lg_req *req, const char *name)
 			q++;
 	}
 	return NULL;
+}
+
+static json_t *h_req_json(struct lg_req *req)
+{
+	const struct lg_core_config *cfg = req->rt->cfg;
+	struct lg_json_limits lim = {
+		.max_depth = cfg->json_max_depth,
+		.max_items = cfg->json_max_items,
+		.max_string = cfg->max_body_bytes,
+	};
+	struct lg_str body = lg_exchange_body(req->ex);
+	enum lg_json_type type;
+	char err[160];
+	json_error_t jerr;
+	json_t *root;
+	size_t n;
+
+	/* The scan bounds depth and sizes before jansson builds anything. */
+	if (lg_json_scan(body.ptr, body.len, &lim, NULL, 0, &n, &type, err, sizeof err) < 0) {
+		h_reply_error(req, 400, "%s", err);
+		return NULL;
+	}
+	if (type != LG_JSON_OBJECT) {
+		h_reply_error(req, 422, "The request body must be a JSON object.");
+		return NULL;
+	}
+	root = json_loadb(body.ptr, body.len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!root)
+		h_reply_error(req, 400, "invalid JSON at byte %d: %s", jerr.position, jerr.text);
+	return root;
 }
 
 static void *h_req_alloc(struct lg_req *req, size_t size) { return lg_req_alloc(req, size); }
@@ -670,6 +712,7 @@ const struct lg_host lg_host_api = {
 	.req_query = h_req_query,
 	.req_header = h_req_header,
 	.req_body = h_req_body,
+	.req_json = h_req_json,
 	.req_id = h_req_id,
 	.req_alloc = h_req_alloc,
 	.req_set_data = h_req_set_data,

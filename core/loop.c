@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,4 +157,44 @@ int lg_loop_run(struct lg_loop *loop)
 void lg_loop_stop(struct lg_loop *loop)
 {
 	event_base_loopbreak(loop->base);
+}
+
+struct sync_point {
+	pthread_mutex_t lock;
+	pthread_cond_t done;
+	bool reached;
+};
+
+static void reach(void *arg)
+{
+	struct sync_point *sp = arg;
+
+	pthread_mutex_lock(&sp->lock);
+	sp->reached = true;
+	pthread_cond_signal(&sp->done);
+	pthread_mutex_unlock(&sp->lock);
+}
+
+int lg_loop_sync(struct lg_loop *loop)
+{
+	struct sync_point sp = { .reached = false };
+
+	if (pthread_mutex_init(&sp.lock, NULL) != 0)
+		return -1;
+	if (pthread_cond_init(&sp.done, NULL) != 0) {
+		pthread_mutex_destroy(&sp.lock);
+		return -1;
+	}
+	if (lg_loop_post(loop, reach, &sp) != 0) {
+		pthread_cond_destroy(&sp.done);
+		pthread_mutex_destroy(&sp.lock);
+		return -1;
+	}
+	pthread_mutex_lock(&sp.lock);
+	while (!sp.reached)
+		pthread_cond_wait(&sp.done, &sp.lock);
+	pthread_mutex_unlock(&sp.lock);
+	pthread_cond_destroy(&sp.done);
+	pthread_mutex_destroy(&sp.lock);
+	return 0;
 }

@@ -34,6 +34,10 @@ struct lg_fetcher *lg_loop_fetcher(struct lg_loop *loop);
 /* Runs @fn(@arg) on @loop's thread soon. Thread: any. 0 or -ENOMEM. */
 int lg_loop_post(struct lg_loop *loop, lg_loop_fn fn, void *arg);
 
+/* Waits until @loop has run everything posted before this call. Thread:
+ * any but @loop's own; @loop must be running. 0, or -1 if it cannot post. */
+int lg_loop_sync(struct lg_loop *loop);
+
 /* Runs the loop until lg_loop_stop(). Thread: the owner. */
 int lg_loop_run(struct lg_loop *loop);
 /* Makes lg_loop_run() return. Thread: any. */

@@ -561,13 +561,20 @@ static void serve_teardown(struct app *app)
 		app->startup_running = false;
 	}
 	lg_plugins_stop(&app->rt);
-	lg_server_free(&app->rt);
-	lg_plugins_fini(&app->rt);
+	/* From here on plugins get -ESHUTDOWN for new database and pool work;
+	 * once every worker has synchronised, none is still inside such a call.
+	 * Work and queries already queued finish, and their completions run on
+	 * the workers, which are still serving. */
+	atomic_store(&app->rt.closing, true);
+	lg_server_sync(&app->rt);
+	if (app->rt.workpool)
+		lg_workpool_free(app->rt.workpool);
+	app->rt.workpool = NULL;
 	pg = atomic_exchange(&app->rt.pg, NULL);
 	if (pg)
 		lg_pg_stop(pg);
-	if (app->rt.workpool)
-		lg_workpool_free(app->rt.workpool);
+	lg_server_free(&app->rt);
+	lg_plugins_fini(&app->rt);
 	if (app->main_fetcher)
 		lg_fetcher_free(app->main_fetcher);
 	if (app->drain_timer)

@@ -29,14 +29,17 @@ struct lg_pg_config {
  * *out. Errors never contain the password. */
 int lg_pg_conninfo(const struct lg_pg_config *cfg, char **out, char *err, size_t errlen);
 
-/* "host:port" of @cfg->url without credentials, for messages. */
+/* "host:port/dbname" of @cfg->url without credentials, for messages. */
 void lg_pg_describe(const struct lg_pg_config *cfg, char *buf, size_t len);
 
 /* Connects every pool connection, retrying with backoff for up to
  * connect_retry_ms, then starts the pool threads. NULL with @err set to
- * "host:port: libpq message" (never the password). Thread: main. */
+ * "cannot connect to PostgreSQL at host:port/db: libpq message" (never the
+ * password). Thread: main or a start-up thread. */
 struct lg_pg *lg_pg_start(const struct lg_pg_config *cfg, char *err, size_t errlen);
-/* Finishes queued queries (their callbacks are posted), joins threads. */
+/* Finishes queued queries (their callbacks are posted to their loops, which
+ * must still exist), joins threads, and closes LISTEN connections: call it
+ * on the listening loop's thread or once that loop has stopped. */
 void lg_pg_stop(struct lg_pg *pg);
 
 typedef void (*lg_pg_fn)(const PGresult *res, const char *error, void *arg);

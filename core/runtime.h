@@ -88,6 +88,7 @@ struct lg_runtime {
 	_Atomic(struct lg_pg *) pg;       /* NULL until the database is up */
 	atomic_bool ready;                /* database reachable and migrated */
 	atomic_bool draining;             /* SIGTERM received */
+	atomic_bool closing;              /* past draining: no new database or pool work */
 };
 
 /* The host vtable handed to every plugin. */

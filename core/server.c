@@ -458,6 +458,15 @@ size_t lg_server_busy(struct lg_runtime *rt)
 	return busy;
 }
 
+void lg_server_sync(struct lg_runtime *rt)
+{
+	struct lg_server *srv = rt->server;
+
+	for (int w = 0; srv && w < srv->nworkers; w++)
+		if (srv->workers[w].running && lg_loop_sync(srv->workers[w].loop) != 0)
+			lg_error("core", "worker %d: cannot synchronise", w);
+}
+
 /* Runs on the worker: close what is left, then leave the loop. */
 static void worker_shutdown(void *arg)
 {

@@ -20,6 +20,9 @@ int lg_server_start(struct lg_runtime *rt, char *err, size_t errlen);
 void lg_server_stop_accepting(struct lg_runtime *rt);
 /* Exchanges in progress across all workers. Thread: any. */
 size_t lg_server_busy(struct lg_runtime *rt);
+/* Returns once every worker has run what was posted to it before: a
+ * worker that was in a host call with old state has left it. Thread: main. */
+void lg_server_sync(struct lg_runtime *rt);
 /* Closes what is left, stops and joins the workers, frees. Thread: main. */
 void lg_server_free(struct lg_runtime *rt);
 

@@ -10,8 +10,11 @@ import stat
 import tempfile
 import unittest
 
+import time
+
 import common
 import lgtest
+from mock import MockUpstream
 from pgcluster import PgCluster
 
 
@@ -186,6 +189,33 @@ class Lifecycle(unittest.TestCase):
                             "ORDER BY applied_at, plugin, version", dbname=db)
         self.assertEqual([r[0] for r in rows], ["core", "good", "good", "needs_good"])
         self.assertEqual(self.pg.psql("SELECT count(*) FROM needs_good_view", dbname=db), [["1"]])
+
+    def test_host_services_notify_and_fetch(self):
+        with MockUpstream() as up:
+            cfg = {"plugins": {"good": {"upstream": up.url}}, "server": {"workers": 2}}
+            with lgtest.Gateway(cfg, pg=self.pg,
+                                env={"LLMGATE_PLUGIN_PATH": common.test_plugins_path()}) as g:
+                # Outbound HTTP from a worker through host->fetch().
+                r = g.request("GET", "/good/upstream")
+                self.assertEqual(r.status, 200, r.body)
+                self.assertEqual(r.headers.get("x-upstream-status"), "200")
+                self.assertEqual(r.json()["object"], "list")
+                self.assertEqual(up.stats()["by_path"].get("/v1/models"), 1)
+                # LISTEN registered in init(), delivered once the database is up.
+                self.pg.psql("NOTIFY good_events, 'ping-42'")
+                deadline = time.time() + 10
+                while time.time() < deadline:
+                    if g.request("GET", "/good/notified").json()["last"] == "ping-42":
+                        break
+                    time.sleep(0.1)
+                self.assertEqual(g.request("GET", "/good/notified").json()["last"], "ping-42")
+            # The upstream going away is an error the plugin sees, not a hang.
+            with lgtest.Gateway({"plugins": {"good": {"upstream": "http://127.0.0.1:1"}}},
+                                pg=self.pg,
+                                env={"LLMGATE_PLUGIN_PATH": common.test_plugins_path()}) as g:
+                r = g.request("GET", "/good/upstream")
+                self.assertEqual(r.status, 502)
+                self.assertIn("upstream failed (1)", r.json()["detail"])
 
 
 if __name__ == "__main__":

@@ -70,6 +70,23 @@ class Serving(unittest.TestCase):
         self.assertEqual(r.status, 200)
         self.assertEqual(r.body, b"")
 
+    def test_json_bodies_are_bounded(self):
+        r = self.gw.request("POST", "/good/json", body=b'{"a": 1, "b": [1, 2]}')
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json(), {"members": 2})
+        for body, status, words in [
+                (b'{"a": 1', 400, "invalid JSON at byte 7"),
+                (b'{"a": 1, "a": 2}', 400, "duplicate"),
+                (b'[' * 100000, 400, "nested too deeply"),
+                (b'{"a": "\ud800"}', 400, "surrogate"),
+                (b'{"a": NaN}', 400, "invalid JSON"),
+                (b'{"a": "' + bytes([0xC0, 0xAF]) + b'"}', 400, "UTF-8"),
+                (b'[1, 2]', 422, "must be a JSON object"),
+                (b'{"l": [' + b"1," * 10000 + b'1]}', 400, "too many array elements")]:
+            r = self.gw.request("POST", "/good/json", body=body)
+            self.assertEqual(r.status, status, (body[:40], r.body))
+            self.assertIn(words, r.body.decode())
+
     def test_concurrent_requests_over_two_workers(self):
         results = []
 

@@ -3,10 +3,12 @@
  * routes, an AUTH hook, an asynchronous query, work-pool work, and
  * start/stop/fini that log so tests can see the lifecycle. */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
 #include <llmgate/host.h>
 
 struct good {
@@ -14,6 +16,10 @@ struct good {
 	struct lg_plugin *self;
 	const char *greeting;
 	int64_t count;
+	const char *upstream;
+	/* NOTIFY arrives on the main thread, requests read it on workers. */
+	pthread_mutex_t lock;
+	char last_notify[128];
 };
 
 struct call {
@@ -27,6 +33,7 @@ static const struct lg_setting good_settings[] = {
 	{ "greeting", LG_SETTING_STRING, "hello", 1, 64, 0, "what GET /good/hello says" },
 	{ "count", LG_SETTING_INT, "1", 1, 10, 0, "how many times it says it" },
 	{ "secret", LG_SETTING_STRING, NULL, 0, 0, LG_SETTING_SECRET, "never logged" },
+	{ "upstream", LG_SETTING_STRING, NULL, 0, 0, 0, "base URL that GET /good/upstream calls" },
 };
 
 static const struct lg_migration good_migrations[] = {
@@ -169,6 +176,83 @@ static void slow(struct lg_req *req, void *ud)
 	g->host->on_close(req, g->self, slow_abandoned, c);
 }
 
+static void upstream_done(void *arg, enum lg_fetch_result result, int status,
+			  struct lg_str body, const char *error)
+{
+	struct call *c = arg;
+	const struct lg_host *h = c->g->host;
+	char head[256];
+
+	if (result != LG_FETCH_OK) {
+		h->reply_error(c->req, 502, "upstream failed (%d): %s", (int)result,
+			       error ? error : "");
+		return;
+	}
+	snprintf(head, sizeof head, "%d", status);
+	h->reply_header(c->req, "X-Upstream-Status", head);
+	h->reply(c->req, 200, "application/json", body.ptr, body.len);
+}
+
+/* GET /good/upstream: fetches <upstream>/v1/models through host->fetch(). */
+static void upstream(struct lg_req *req, void *ud)
+{
+	struct good *g = ud;
+	struct call *c = g->host->req_alloc(req, sizeof *c);
+	static const struct lg_fetch_handlers handlers = {
+		.size = sizeof(struct lg_fetch_handlers), .on_done = upstream_done,
+	};
+	struct lg_fetch_request rq = { .size = sizeof rq, .method = "GET" };
+	char url[512];
+
+	if (!c || !g->upstream) {
+		g->host->reply_error(req, 500, "no upstream configured");
+		return;
+	}
+	c->g = g;
+	c->req = req;
+	snprintf(url, sizeof url, "%s/v1/models", g->upstream);
+	rq.url = url;
+	if (!g->host->fetch(g->self, &rq, &handlers, c))
+		g->host->reply_error(req, 500, "cannot start the fetch");
+}
+
+static void notified(const char *channel, const char *payload, void *arg)
+{
+	struct good *g = arg;
+
+	pthread_mutex_lock(&g->lock);
+	snprintf(g->last_notify, sizeof g->last_notify, "%s", payload);
+	pthread_mutex_unlock(&g->lock);
+	g->host->log(g->self, LG_LOG_INFO, "good: notify on %s", channel);
+}
+
+static void last_notify(struct lg_req *req, void *ud)
+{
+	struct good *g = ud;
+	char body[192];
+	int n;
+
+	pthread_mutex_lock(&g->lock);
+	n = snprintf(body, sizeof body, "{\"last\":\"%s\"}", g->last_notify);
+	pthread_mutex_unlock(&g->lock);
+	g->host->reply(req, 200, "application/json", body, (size_t)n);
+}
+
+/* POST /good/json: the body through host->req_json(); answers its size. */
+static void json_body(struct lg_req *req, void *ud)
+{
+	struct good *g = ud;
+	json_t *body = g->host->req_json(req);
+	char out[64];
+	int n;
+
+	if (!body)
+		return; /* req_json answered already */
+	n = snprintf(out, sizeof out, "{\"members\":%zu}", json_object_size(body));
+	json_decref(body);
+	g->host->reply(req, 200, "application/json", out, (size_t)n);
+}
+
 /* "Bearer good-token" is user 7; "Bearer good-admin" is an admin. */
 static enum lg_hook_result authenticate(struct lg_req *req, void *ud)
 {
@@ -199,6 +283,9 @@ static int good_init(struct lg_plugin *self, const struct lg_host *host)
 		{ sizeof(struct lg_route), "GET", "/good/admin", LG_POLICY_ADMIN, 0, admin_only },
 		{ sizeof(struct lg_route), "POST", "/good/sum", LG_POLICY_PUBLIC, 1024, sum },
 		{ sizeof(struct lg_route), "GET", "/good/slow", LG_POLICY_PUBLIC, 0, slow },
+		{ sizeof(struct lg_route), "GET", "/good/upstream", LG_POLICY_PUBLIC, 0, upstream },
+		{ sizeof(struct lg_route), "GET", "/good/notified", LG_POLICY_PUBLIC, 0, last_notify },
+		{ sizeof(struct lg_route), "POST", "/good/json", LG_POLICY_PUBLIC, 0, json_body },
 	};
 	struct good *g = calloc(1, sizeof *g);
 	int rc;
@@ -207,6 +294,12 @@ static int good_init(struct lg_plugin *self, const struct lg_host *host)
 		return -ENOMEM;
 	g->host = host;
 	g->self = self;
+	if (pthread_mutex_init(&g->lock, NULL) != 0) {
+		free(g);
+		return -ENOMEM;
+	}
+	if (host->cfg_str(self, "upstream", &g->upstream) < 0)
+		g->upstream = NULL;
 	if (host->cfg_str(self, "greeting", &g->greeting) < 0 ||
 	    host->cfg_int(self, "count", &g->count) < 0) {
 		host->set_error(self, "cannot read settings");
@@ -222,6 +315,8 @@ static int good_init(struct lg_plugin *self, const struct lg_host *host)
 		}
 	}
 	rc = host->hook_add(self, LG_PHASE_AUTH, authenticate, 100, g);
+	if (rc == 0)
+		rc = host->db_listen(self, "good_events", notified, g);
 	if (rc < 0) {
 		free(g);
 		return rc;
@@ -253,8 +348,11 @@ static void good_stop(struct lg_plugin *self, const struct lg_host *host)
 
 static void good_fini(struct lg_plugin *self, const struct lg_host *host)
 {
+	struct good *g = host->get_data(self);
+
 	host->log(self, LG_LOG_INFO, "good: fini");
-	free(host->get_data(self));
+	pthread_mutex_destroy(&g->lock);
+	free(g);
 }
 
 LG_PLUGIN(.name = "good", .version = "1.2.3", .description = "a well-formed test plugin",

@@ -149,6 +149,12 @@ struct lg_host {
 	const char *(*req_header)(struct lg_req *req, const char *name);
 	/** req_body() - the whole request body. */
 	struct lg_str (*req_body)(struct lg_req *req);
+	/** req_json() - the body parsed as a JSON object within the server's
+	 * bounds (server.json_max_depth, json_max_items, max string size),
+	 * duplicate keys refused. On failure it has already answered 400 (not
+	 * JSON, with the position) or 422 (not an object) and returns NULL.
+	 * Ownership: the caller's (json_decref). */
+	struct json_t *(*req_json)(struct lg_req *req);
 	/** req_id() - the request id sent back in x-request-id. */
 	const char *(*req_id)(struct lg_req *req);
 	/** req_alloc() - zeroed memory freed when the request ends.

@@ -19,6 +19,7 @@ extern "C" {
 #endif
 
 struct lg_req;          /* one request/response; owned by the host */
+struct json_t;          /* jansson's value type (<jansson.h>) */
 struct lg_fetch;        /* one outbound HTTP transfer; owned by the host */
 
 /** struct lg_str - a byte string that crosses the ABI; not NUL-terminated. */
