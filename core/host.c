@@ -160,8 +160,7 @@ static int h_provider_add(struct lg_plugin *self, const struct lg_provider_ops *
 
 	if (rc < 0)
 		return rc;
-	if (!ops || ops->size < offsetof(struct lg_provider_ops, model_types) +
-				sizeof(ops->model_types) || !valid_name(ops->type)) {
+	if (!ops || ops->size < sizeof(struct lg_provider_ops) || !valid_name(ops->type)) {
 		lg_error(self->name, "provider_add: invalid lg_provider_ops (size or type name)");
 		return -EINVAL;
 	}
@@ -461,6 +460,11 @@ static const struct lg_principal *h_req_principal(struct lg_req *req)
 	return req->has_principal ? &req->principal : NULL;
 }
 
+static const struct lg_call *h_req_call(struct lg_req *req)
+{
+	return req->call;
+}
+
 /* ---- the request: answering ---- */
 
 /* A request is answered once; a second answer is a plugin bug. */
@@ -719,6 +723,7 @@ const struct lg_host lg_host_api = {
 	.req_get_data = h_req_get_data,
 	.req_set_principal = h_req_set_principal,
 	.req_principal = h_req_principal,
+	.req_call = h_req_call,
 	.resume = h_resume,
 	.reply_header = h_reply_header,
 	.reply = h_reply,

@@ -15,13 +15,16 @@
 #include <jansson.h>
 #include <sodium.h>
 
+#include "balancer.h"
 #include "config.h"
 #include "fetch.h"
+#include "forward.h"
 #include "lg_build.h"
 #include "loader.h"
 #include "log.h"
 #include "loop.h"
 #include "migrate.h"
+#include "models.h"
 #include "pg.h"
 #include "runtime.h"
 #include "server.h"
@@ -249,6 +252,12 @@ static int cmd_check(struct app *app)
 		lg_error("core", "%s", err);
 		return EXIT_CONFIG;
 	}
+	if (lg_models_check_config(&app->rt, app->rt.cfg->models, app->opt.config, err,
+				   sizeof err) < 0) {
+		lg_plugins_fini(&app->rt);
+		lg_error("core", "%s", err);
+		return EXIT_CONFIG;
+	}
 	lg_plugins_fini(&app->rt);
 	printf("%s: configuration OK (%zu plugin%s", app->opt.config, app->rt.nplugins,
 	       app->rt.nplugins == 1 ? "" : "s");
@@ -421,7 +430,8 @@ static void startup_done(void *arg)
 			return;
 		}
 	}
-	if (lg_plugins_start(&app->rt, err, sizeof err) < 0) {
+	if (lg_models_start(app->rt.models, err, sizeof err) < 0 ||
+	    lg_plugins_start(&app->rt, err, sizeof err) < 0) {
 		lg_error("core", "%s", err);
 		app->exit_code = 1;
 		begin_shutdown(app, "start-up failed");
@@ -501,10 +511,17 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
 		lg_error("core", "reload refused, the running configuration stays: %s", err);
 		return;
 	}
+	if (lg_models_check_config(&app->rt, cfg->models, app->opt.config, err, sizeof err) < 0 ||
+	    (atomic_load(&app->rt.ready) &&
+	     lg_models_reload(app->rt.models, cfg, err, sizeof err) < 0)) {
+		lg_error("core", "reload refused, the running configuration stays: %s", err);
+		lg_core_config_free(cfg);
+		return;
+	}
 	if (lg_log_parse_level(cfg->log_level, &level) == 0)
 		lg_log_set_level(level);
-	lg_info("core", "reload: %s is valid (log level applied; other server and plugin "
-		"settings take effect on restart)", app->opt.config);
+	lg_info("core", "reload: %s is valid (models and log level applied; other server and "
+		"plugin settings take effect on restart)", app->opt.config);
 	lg_core_config_free(cfg);
 }
 
@@ -537,9 +554,20 @@ static int serve_setup(struct app *app, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot install signal handlers");
 		return -1;
 	}
-	if (lg_server_prepare(&app->rt, err, errlen) < 0)
+	app->rt.balancer = lg_balancer_new();
+	app->rt.models = lg_models_new(&app->rt);
+	if (!app->rt.balancer || !app->rt.models) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	if (lg_server_prepare(&app->rt, err, errlen) < 0 ||
+	    lg_models_register_routes(app->rt.models, err, errlen) < 0 ||
+	    lg_forward_register_routes(&app->rt, err, errlen) < 0)
 		return -1;
 	if (lg_plugins_init(&app->rt, err, errlen) < 0)
+		return -1;
+	if (lg_models_check_config(&app->rt, app->rt.cfg->models, app->opt.config, err,
+				   errlen) < 0)
 		return -1;
 	if (lg_server_start(&app->rt, err, errlen) < 0)
 		return -1;
@@ -560,6 +588,8 @@ static void serve_teardown(struct app *app)
 		pthread_join(app->startup_thread, NULL);
 		app->startup_running = false;
 	}
+	if (app->rt.models)
+		lg_models_stop(app->rt.models);
 	lg_plugins_stop(&app->rt);
 	/* From here on plugins get -ESHUTDOWN for new database and pool work;
 	 * once every worker has synchronised, none is still inside such a call.
@@ -574,7 +604,11 @@ static void serve_teardown(struct app *app)
 	if (pg)
 		lg_pg_stop(pg);
 	lg_server_free(&app->rt);
+	lg_models_free(app->rt.models);
+	app->rt.models = NULL;
 	lg_plugins_fini(&app->rt);
+	lg_balancer_free(app->rt.balancer);
+	app->rt.balancer = NULL;
 	if (app->main_fetcher)
 		lg_fetcher_free(app->main_fetcher);
 	if (app->drain_timer)

@@ -18,6 +18,8 @@
 #include "router.h"
 
 struct lg_pg;
+struct lg_models;
+struct lg_balancer;
 struct lg_workpool;
 struct lg_server;
 struct lg_exchange;
@@ -85,6 +87,8 @@ struct lg_runtime {
 	struct lg_loop *main_loop;
 	struct lg_workpool *workpool;
 	struct lg_server *server;
+	struct lg_models *models;         /* the model registry */
+	struct lg_balancer *balancer;     /* live provider state */
 	_Atomic(struct lg_pg *) pg;       /* NULL until the database is up */
 	atomic_bool ready;                /* database reachable and migrated */
 	atomic_bool draining;             /* SIGTERM received */
@@ -118,6 +122,7 @@ struct lg_req {
 	struct lg_arena_chunk *arena;
 	struct lg_principal principal;
 	bool has_principal;
+	struct lg_call *call;             /* set by the forwarding engine */
 	void **plugin_data;               /* rt->nplugins slots */
 	struct lg_close_cb *closes;
 	size_t nclose, close_cap;

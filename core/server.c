@@ -217,6 +217,9 @@ static size_t on_head(struct lg_exchange *ex, void *arg)
 	return req->match.entry->route.max_body;
 }
 
+static void route_health(struct lg_req *req, void *ud);
+static void route_ready(struct lg_req *req, void *ud);
+
 static void on_request(struct lg_exchange *ex, void *arg)
 {
 	struct lg_req *req = lg_exchange_get_data(ex);
@@ -227,8 +230,9 @@ static void on_request(struct lg_exchange *ex, void *arg)
 		return;
 	e = req->match.entry;
 	lg_host_set_current_request(lg_exchange_id(ex));
-	/* Plugin routes need the database; the core's (health) do not. */
-	if (e->owner && !atomic_load(&req->rt->ready)) {
+	/* Everything but liveness and readiness needs the database. */
+	if (!atomic_load(&req->rt->ready) && e->route.fn != route_health &&
+	    e->route.fn != route_ready) {
 		req->answered = true;
 		lg_exchange_add_header(ex, "Retry-After", "1");
 		lg_exchange_reply_error(ex, 503, "llmgate is starting: the database is not ready yet.");

@@ -168,6 +168,9 @@ struct lg_host {
 	int (*req_set_principal)(struct lg_req *req, const struct lg_principal *who);
 	/** req_principal() - the caller, or NULL for an anonymous one. */
 	const struct lg_principal *(*req_principal)(struct lg_req *req);
+	/** req_call() - the forwarded call this request is, or NULL for other
+	 * routes (<llmgate/http.h>, struct lg_call). */
+	const struct lg_call *(*req_call)(struct lg_req *req);
 
 	/* ---- the request: answering it. Thread: the request's worker. ---- */
 

@@ -130,6 +130,39 @@ typedef void (*lg_close_fn)(struct lg_req *req, void *arg);
 /** lg_drain_fn - a paused stream may write again (the client caught up). */
 typedef void (*lg_drain_fn)(struct lg_req *req, void *arg);
 
+/**
+ * struct lg_call - a forwarded call (chat, embeddings...), as hooks see it.
+ * In AUTHORIZE and PRE_UPSTREAM the model fields and @max_tokens are set;
+ * in COMPLETE everything is. Ownership: the host's, valid during the hook.
+ */
+struct lg_call {
+	uint32_t size;
+	const char *request_id;
+	const char *endpoint;           /* "/v1/chat/completions"... */
+	const char *model;              /* the name or alias the client used */
+	int64_t model_id;               /* the model (router) */
+	const char *model_name;         /* its canonical name */
+	const char *model_type;
+	double cost_prompt_tokens;      /* per million tokens */
+	double cost_completion_tokens;
+	int64_t max_tokens;             /* requested, or -1 */
+	bool stream;
+	/* set once a provider was chosen */
+	int64_t provider_id;
+	const char *provider_type;
+	const char *provider_model;     /* the upstream's model name */
+	const char *hosting_zone;       /* ISO 3166 alpha-3 or WOR, or NULL */
+	double total_params, active_params; /* billions */
+	/* COMPLETE only */
+	int status;                     /* sent to the client (streams: at start) */
+	int64_t prompt_tokens, completion_tokens, total_tokens;
+	bool usage_estimated;           /* counted by the gateway, not the provider */
+	double ttft_ms;                 /* first token, or -1 */
+	double latency_ms;
+	bool client_gone;
+	const char *error;              /* NULL, or why the call failed */
+};
+
 /* ---- outbound HTTP (libcurl multi on the worker's loop) ---- */
 
 /** enum lg_fetch_result - how a transfer ended. */
@@ -170,12 +203,20 @@ struct lg_fetch_request {
 /**
  * struct lg_fetch_handlers - callbacks of a transfer, all on the calling
  * worker's loop. Borrowed data is valid only during the call.
- * @on_head: status and headers arrived (optional). Return 0 to go on, < 0 to cancel.
+ * @on_head: status and headers arrived (optional); @content_type is "" when
+ *           the reply has none. Return 0 to go on, < 0 to cancel.
  * @on_data: a piece of the body (optional; when NULL the body is buffered
  *           and handed to on_done). Return 0 to go on, 1 to pause
  *           (fetch_pause(f, false) resumes), < 0 to cancel.
- * @on_done: always called exactly once, last; @body is the buffered body
- *           when on_data is NULL. After it returns the lg_fetch is gone.
+ * @on_done: always called exactly once, last, and never from inside
+ *           fetch(), fetch_cancel() or fetch_pause(). @error is NULL on
+ *           LG_FETCH_OK; on any error @body is {NULL, 0} and @status is 0
+ *           unless the headers had arrived. @body is the buffered body when
+ *           on_data is NULL. After it returns the lg_fetch is gone.
+ *
+ * The request's Content-Length, Transfer-Encoding and Expect headers are
+ * dropped: the client frames the body itself. max_response_bytes limits a
+ * streamed reply only when the request sets it.
  */
 struct lg_fetch_handlers {
 	uint32_t size;

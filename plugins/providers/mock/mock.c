@@ -13,6 +13,10 @@ static const struct lg_provider_ops mock_ops = {
 	.size = sizeof(struct lg_provider_ops),
 	.type = "mock",
 	.model_types = mock_model_types,
+	.endpoints = LG_ENDPOINT_BIT(LG_ENDPOINT_CHAT) | LG_ENDPOINT_BIT(LG_ENDPOINT_COMPLETIONS) |
+		     LG_ENDPOINT_BIT(LG_ENDPOINT_EMBEDDINGS) | LG_ENDPOINT_BIT(LG_ENDPOINT_RERANK) |
+		     LG_ENDPOINT_BIT(LG_ENDPOINT_TRANSCRIPTION),
+	.models_path = "/v1/models",
 };
 
 static int mock_init(struct lg_plugin *self, const struct lg_host *host)
