@@ -1,8 +1,9 @@
 #!/bin/sh
 # Sets everything up and runs llmgate on the embedded default: a private
 # PostgreSQL cluster started on the spot under .run/ and the mock provider,
-# listening on http://127.0.0.1:8080 (LLMGATE_LISTEN changes it). Ctrl-C
-# stops the gateway and the cluster.
+# listening on http://127.0.0.1:8080 (LLMGATE_LISTEN changes it), with the
+# master key "changeme" (LLMGATE_MASTER_KEY changes it). Ctrl-C stops the
+# gateway and the cluster.
 set -eu
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -47,6 +48,8 @@ server:
   listen: ["${LLMGATE_LISTEN:-127.0.0.1:8080}"]
   workers: auto
 plugins:
+  auth:
+    master_key: \${LLMGATE_MASTER_KEY:-changeme}
   mock: {}
 dependencies:
   postgres:
