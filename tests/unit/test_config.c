@@ -789,7 +789,7 @@ static void test_core_server_values(void **state)
 				  "t.yml:5: server.port: unknown key (known: listen, workers, "
 				  "max_header_bytes, max_headers, max_body_bytes, header_timeout, "
 				  "body_timeout, idle_timeout, write_timeout, drain_timeout, "
-				  "max_connections, json_max_depth, log_level)");
+				  "max_connections, json_max_depth, json_max_items, log_level)");
 	expect_core_error_with_pg("server:\n  - listen\n",
 				  "t.yml:5: server: expected a map of settings (key: value), got a list");
 }
@@ -989,8 +989,9 @@ static void test_core_example_file(void **state)
 		fail_msg("%s", err);
 	free(path);
 	assert_int_equal(lg_core_config_build(doc, &cfg, err, sizeof err), 0);
-	assert_int_equal(cfg->n_plugins, 1);
-	assert_string_equal(cfg->plugins[0].name, "mock");
+	assert_int_equal(cfg->n_plugins, 2);
+	assert_string_equal(cfg->plugins[0].name, "auth");
+	assert_string_equal(cfg->plugins[1].name, "mock");
 	lg_core_config_free(cfg);
 }
 
