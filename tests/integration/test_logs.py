@@ -40,6 +40,8 @@ class Logs(unittest.TestCase):
                 self.assertRegex(line, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
                                        r"(error|warn|info|debug) \[[a-z_]+\]", line)
             self.assertTrue(any(re.search(r'"GET /good/items/1" 401 ', l) for l in access))
+            # A request refused for its framing has its access line too.
+            self.assertTrue(any(re.search(r'"-" 400 refused: ', l) for l in access), access)
 
 
 if __name__ == "__main__":
