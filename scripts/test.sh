@@ -26,4 +26,21 @@ if [ ! -d "$dir" ]; then
 	meson setup "$dir" --werror $opts
 fi
 meson compile -C "$dir"
-meson test -C "$dir" --print-errorlogs --num-processes 2 --timeout-multiplier 3
+rc=0
+meson test -C "$dir" --print-errorlogs --num-processes 2 --timeout-multiplier 3 || rc=$?
+# One closing line for the whole suite, counted from meson's own log.
+python3 - "$dir/meson-logs/testlog.json" <<'PY'
+import json, sys
+passed = failed = skipped = 0
+with open(sys.argv[1]) as f:
+    for line in f:
+        result = json.loads(line).get("result")
+        if result in ("OK", "EXPECTEDFAIL"):
+            passed += 1
+        elif result == "SKIP":
+            skipped += 1
+        else:
+            failed += 1
+print("%d passed, %d failed%s" % (passed, failed, ", %d skipped" % skipped if skipped else ""))
+PY
+exit $rc
