@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "json.h"
 
+#include <errno.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -358,4 +360,294 @@ const struct lg_json_member *lg_json_find(const struct lg_json_member *members, 
 bool lg_json_is_true(const struct lg_json_member *m)
 {
 	return m && m->type == LG_JSON_BOOL && m->value_len == 4;
+}
+
+/* ---- reading values that lg_json_scan() accepted ---- */
+
+static const char *skip_blank(const char *p, const char *end)
+{
+	while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+		p++;
+	return p;
+}
+
+/* At the opening quote of a validated string; returns just after it. */
+static const char *skip_string(const char *p, const char *end)
+{
+	for (p++; p < end; p++) {
+		if (*p == '\\')
+			p++;
+		else if (*p == '"')
+			return p + 1;
+	}
+	return end;
+}
+
+/* At the first character of a validated value; returns just after it. */
+static const char *skip_value(const char *p, const char *end)
+{
+	int depth = 0;
+
+	if (p >= end)
+		return end;
+	if (*p == '"')
+		return skip_string(p, end);
+	if (*p != '{' && *p != '[') {
+		while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' &&
+		       *p != '\t' && *p != '\n' && *p != '\r')
+			p++;
+		return p;
+	}
+	for (; p < end; p++) {
+		if (*p == '"') {
+			p = skip_string(p, end) - 1;
+		} else if (*p == '{' || *p == '[') {
+			depth++;
+		} else if (*p == '}' || *p == ']') {
+			if (--depth == 0)
+				return p + 1;
+		}
+	}
+	return end;
+}
+
+static enum lg_json_type type_of(char c)
+{
+	switch (c) {
+	case '{':
+		return LG_JSON_OBJECT;
+	case '[':
+		return LG_JSON_ARRAY;
+	case '"':
+		return LG_JSON_STRING;
+	case 't':
+	case 'f':
+		return LG_JSON_BOOL;
+	case 'n':
+		return LG_JSON_NULL;
+	default:
+		return LG_JSON_NUMBER;
+	}
+}
+
+bool lg_json_iter_init(struct lg_json_iter *it, const char *text, size_t len)
+{
+	const char *end = text + len;
+	const char *p = skip_blank(text, end);
+
+	if (p >= end || (*p != '{' && *p != '['))
+		return false;
+	it->object = *p == '{';
+	it->p = p + 1;
+	it->end = end;
+	return true;
+}
+
+bool lg_json_iter_next(struct lg_json_iter *it, struct lg_json_member *m)
+{
+	const char *p = skip_blank(it->p, it->end);
+
+	if (p < it->end && *p == ',')
+		p = skip_blank(p + 1, it->end);
+	if (p >= it->end || *p == '}' || *p == ']') {
+		it->p = p;
+		return false;
+	}
+	*m = (struct lg_json_member){ .start = p };
+	if (it->object) {
+		const char *key_end = skip_string(p, it->end);
+
+		m->key = p + 1;
+		m->key_len = (size_t)(key_end - p) - 2;
+		p = skip_blank(key_end, it->end);
+		if (p < it->end && *p == ':')
+			p++;
+		p = skip_blank(p, it->end);
+	}
+	if (p >= it->end) {
+		it->p = p;
+		return false;
+	}
+	m->value = p;
+	m->type = type_of(*p);
+	p = skip_value(p, it->end);
+	m->value_len = (size_t)(p - m->value);
+	m->end = p;
+	it->p = p;
+	return true;
+}
+
+bool lg_json_get(const char *obj, size_t len, const char *key, struct lg_json_member *out)
+{
+	struct lg_json_iter it;
+	size_t klen = strlen(key);
+
+	if (!lg_json_iter_init(&it, obj, len) || !it.object)
+		return false;
+	while (lg_json_iter_next(&it, out))
+		if (out->key_len == klen && memcmp(out->key, key, klen) == 0)
+			return true;
+	return false;
+}
+
+static unsigned hex_at(const char *p)
+{
+	unsigned v = 0;
+
+	for (int i = 0; i < 4; i++) {
+		char c = p[i];
+
+		v <<= 4;
+		if (c >= '0' && c <= '9')
+			v |= (unsigned)(c - '0');
+		else if (c >= 'a' && c <= 'f')
+			v |= (unsigned)(c - 'a' + 10);
+		else if (c >= 'A' && c <= 'F')
+			v |= (unsigned)(c - 'A' + 10);
+	}
+	return v;
+}
+
+static size_t put_utf8(char *out, uint32_t cp)
+{
+	if (cp < 0x80) {
+		out[0] = (char)cp;
+		return 1;
+	}
+	if (cp < 0x800) {
+		out[0] = (char)(0xC0 | cp >> 6);
+		out[1] = (char)(0x80 | (cp & 0x3F));
+		return 2;
+	}
+	if (cp < 0x10000) {
+		out[0] = (char)(0xE0 | cp >> 12);
+		out[1] = (char)(0x80 | (cp >> 6 & 0x3F));
+		out[2] = (char)(0x80 | (cp & 0x3F));
+		return 3;
+	}
+	out[0] = (char)(0xF0 | cp >> 18);
+	out[1] = (char)(0x80 | (cp >> 12 & 0x3F));
+	out[2] = (char)(0x80 | (cp >> 6 & 0x3F));
+	out[3] = (char)(0x80 | (cp & 0x3F));
+	return 4;
+}
+
+size_t lg_json_unescape(const char *token, size_t len, char *out)
+{
+	const char *p = token + 1, *end = token + len - 1;
+	size_t n = 0;
+
+	if (len < 2) {
+		out[0] = '\0';
+		return 0;
+	}
+	while (p < end) {
+		uint32_t cp;
+
+		if (*p != '\\') {
+			out[n++] = *p++;
+			continue;
+		}
+		p++;
+		switch (*p) {
+		case 'b': out[n++] = '\b'; break;
+		case 'f': out[n++] = '\f'; break;
+		case 'n': out[n++] = '\n'; break;
+		case 'r': out[n++] = '\r'; break;
+		case 't': out[n++] = '\t'; break;
+		case 'u':
+			cp = hex_at(p + 1);
+			p += 4;
+			/* Validated: a high surrogate is followed by its low half. */
+			if (cp >= 0xD800 && cp <= 0xDBFF && end - p >= 7) {
+				cp = 0x10000 + ((cp - 0xD800) << 10) + (hex_at(p + 3) - 0xDC00);
+				p += 6;
+			}
+			n += put_utf8(out + n, cp);
+			break;
+		default:
+			out[n++] = *p;  /* " \ / */
+			break;
+		}
+		p++;
+	}
+	out[n] = '\0';
+	return n;
+}
+
+size_t lg_json_string_chars(const char *token, size_t len)
+{
+	const char *p = token + 1, *end = token + len - 1;
+	size_t n = 0;
+
+	while (p < end) {
+		if (*p == '\\') {
+			if (p[1] == 'u') {
+				unsigned cp = hex_at(p + 2);
+
+				p += cp >= 0xD800 && cp <= 0xDBFF ? 12 : 6;
+			} else {
+				p += 2;
+			}
+			n++;
+			continue;
+		}
+		if (((unsigned char)*p & 0xC0) != 0x80)
+			n++;
+		p++;
+	}
+	return n;
+}
+
+size_t lg_json_escape(const char *s, size_t len, char *out)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t n = 0;
+
+	out[n++] = '"';
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		switch (c) {
+		case '"': out[n++] = '\\'; out[n++] = '"'; break;
+		case '\\': out[n++] = '\\'; out[n++] = '\\'; break;
+		case '\n': out[n++] = '\\'; out[n++] = 'n'; break;
+		case '\r': out[n++] = '\\'; out[n++] = 'r'; break;
+		case '\t': out[n++] = '\\'; out[n++] = 't'; break;
+		case '\b': out[n++] = '\\'; out[n++] = 'b'; break;
+		case '\f': out[n++] = '\\'; out[n++] = 'f'; break;
+		default:
+			if (c < 0x20) {
+				memcpy(out + n, "\\u00", 4);
+				out[n + 4] = hex[c >> 4];
+				out[n + 5] = hex[c & 15];
+				n += 6;
+			} else {
+				out[n++] = (char)c;
+			}
+		}
+	}
+	out[n++] = '"';
+	return n;
+}
+
+bool lg_json_int(const char *token, size_t len, long long *out)
+{
+	char buf[64], *end;
+	double d;
+
+	if (len == 0 || len >= sizeof buf)
+		return false;
+	memcpy(buf, token, len);
+	buf[len] = '\0';
+	if (!strpbrk(buf, ".eE")) {
+		errno = 0;
+		*out = strtoll(buf, &end, 10);
+		return errno == 0 && *end == '\0';
+	}
+	d = strtod(buf, &end);
+	if (*end != '\0' || d < -9.2e18 || d > 9.2e18 || d != (double)(long long)d)
+		return false;
+	*out = (long long)d;
+	return true;
 }

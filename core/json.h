@@ -54,4 +54,37 @@ const struct lg_json_member *lg_json_find(const struct lg_json_member *members, 
 /* Whether a BOOL member is true. */
 bool lg_json_is_true(const struct lg_json_member *m);
 
+/* ---- reading values that lg_json_scan() accepted ----
+ * These walk text that was validated already (a whole document, or the
+ * span of one of its values) and do not validate again. */
+
+/* Members of an object or elements of an array, in order. */
+struct lg_json_iter {
+	const char *p, *end;
+	bool object;
+};
+
+/* Starts on the text of an OBJECT or ARRAY value; false for other values. */
+bool lg_json_iter_init(struct lg_json_iter *it, const char *text, size_t len);
+/* The next member (key set) or element (key NULL, key_len 0); false at the
+ * end. */
+bool lg_json_iter_next(struct lg_json_iter *it, struct lg_json_member *m);
+/* The member @key of the OBJECT value @obj (escaped form, as lg_json_find()),
+ * or false. */
+bool lg_json_get(const char *obj, size_t len, const char *key, struct lg_json_member *out);
+
+/* The characters of a STRING token (quotes included) unescaped into @out,
+ * which has room for @len bytes (the decoded text is never longer than the
+ * token), NUL-terminated. Returns the decoded length. */
+size_t lg_json_unescape(const char *token, size_t len, char *out);
+/* Unicode characters in the value of a STRING token (an escape counts one). */
+size_t lg_json_string_chars(const char *token, size_t len);
+/* Writes @s as a JSON string token (quotes included) to @out, which has room
+ * for lg_json_escaped_max(@len) bytes. Returns the token's length. */
+size_t lg_json_escape(const char *s, size_t len, char *out);
+#define lg_json_escaped_max(len) ((len) * 6 + 2)
+/* An integral NUMBER value (e.g. 12, 12.0, 1e3) that fits int64; false for
+ * anything else. */
+bool lg_json_int(const char *token, size_t len, long long *out);
+
 #endif

@@ -363,6 +363,7 @@ static int cmd_config_reference(struct app *app)
 		       "the file is read. Durations take `ms`, `s`, `m`, `h` (a plain number is\n"
 		       "seconds); sizes take `k`, `M`, `G` (powers of 1024).\n\n");
 	lg_core_config_print_reference(stdout, app->opt.markdown);
+	lg_models_print_reference(stdout, app->opt.markdown);
 	print_plugin_references(app->search_path, app->opt.markdown);
 	return 0;
 }

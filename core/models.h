@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <llmgate/provider.h>
 
@@ -94,5 +95,20 @@ void lg_models_view_put(struct lg_models_view *v);
 const struct lg_model *lg_models_find(const struct lg_models_view *v, const char *name_or_alias);
 size_t lg_models_count(const struct lg_models_view *v);
 const struct lg_model *lg_models_at(const struct lg_models_view *v, size_t i);
+
+/* Notes on the view (additions):
+ * - get() is lock-free; it is safe on the workers and the main thread,
+ *   whose callbacks lg_server_sync() waits for before an old view loses
+ *   the registry's reference. A request may keep its view for as long as
+ *   it runs (a stream included); providers' states outlive views.
+ * - count()/at()/find() see every model, also those without providers,
+ *   which clients must not see (404 "Model {name} not found.").
+ * - A provider whose type is not loaded in this process has impl == NULL.
+ * - max_concurrency is 0 (uncapped) or >= 1: the API and config.yml refuse
+ *   OpenGateLLM's qos_limit 0 ("closed"). */
+
+/* Prints the keys of a model and of a provider under models: (the
+ * configuration reference), as lg_settings_print_reference() does. */
+void lg_models_print_reference(FILE *out, bool markdown);
 
 #endif

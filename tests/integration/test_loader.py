@@ -187,7 +187,7 @@ class Lifecycle(unittest.TestCase):
         self.assertLess(log.index("[good] good: stop"), log.index("[good] good: fini"))
         rows = self.pg.psql("SELECT plugin, version, name FROM schema_migrations "
                             "ORDER BY applied_at, plugin, version", dbname=db)
-        self.assertEqual([r[0] for r in rows], ["core", "good", "good", "needs_good"])
+        self.assertEqual([r[0] for r in rows], ["core", "core", "good", "good", "needs_good"])
         self.assertEqual(self.pg.psql("SELECT count(*) FROM needs_good_view", dbname=db), [["1"]])
 
     def test_host_services_notify_and_fetch(self):

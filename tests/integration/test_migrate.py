@@ -35,25 +35,26 @@ class Migrate(unittest.TestCase):
         db = self.newdb("m_cycle")
         r = self.migrate(db, "--dry-run")
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("4 migrations pending", r.stdout)
-        for name in ("core 0001", "good 0001", "good 0002", "needs_good 0001"):
+        self.assertIn("5 migrations pending", r.stdout)
+        for name in ("core 0001", "core 0002", "good 0001", "good 0002", "needs_good 0001"):
             self.assertIn(name, r.stdout)
         self.assertEqual(self.pg.psql("SELECT to_regclass('schema_migrations') IS NULL",
                                       dbname=db), [["t"]])
 
         r = self.migrate(db)
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("4 migrations applied", r.stdout)
+        self.assertIn("5 migrations applied", r.stdout)
         rows = self.pg.psql("SELECT plugin, version, name, length(checksum) FROM "
                             "schema_migrations ORDER BY plugin, version", dbname=db)
         self.assertEqual(rows, [["core", "1", "core_schema", "64"],
+                                ["core", "2", "models", "64"],
                                 ["good", "1", "good_item", "64"],
                                 ["good", "2", "good_item_seed", "64"],
                                 ["needs_good", "1", "needs_good_view", "64"]])
 
         r = self.migrate(db, "status")
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertEqual(r.stdout.count("applied"), 4, r.stdout)
+        self.assertEqual(r.stdout.count("applied"), 5, r.stdout)
         self.assertNotIn("pending", r.stdout)
 
         r = self.migrate(db)
@@ -105,7 +106,7 @@ class Migrate(unittest.TestCase):
                 self.assertEqual(g.request("GET", "/ready").status, 200, g.log())
             rows = self.pg.psql("SELECT plugin, version, count(*) FROM schema_migrations "
                                 "GROUP BY 1, 2 ORDER BY 1, 2", dbname=db)
-            self.assertEqual([r[2] for r in rows], ["1", "1", "1", "1"])
+            self.assertEqual([r[2] for r in rows], ["1"] * 5)
             self.assertEqual(self.pg.psql("SELECT count(*) FROM good_item", dbname=db), [["1"]])
         finally:
             for g in gws:
