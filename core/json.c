@@ -264,6 +264,11 @@ static int object(struct scanner *s, int depth, struct lg_json_member *members, 
 		m.value_len = (size_t)((const char *)s->p - m.value);
 		m.end = (const char *)s->p;
 		if (members) {
+			/* "mod\u0065l" is "model" to every other parser: two spellings
+			 * of one key could send the upstream another model than the one
+			 * authorised here. Top-level keys are plain field names. */
+			if (memchr(m.key, '\\', m.key_len))
+				return fail(s, "escaped characters in a top-level key");
 			for (size_t i = 0; i < *n; i++)
 				if (members[i].key_len == m.key_len &&
 				    memcmp(members[i].key, m.key, m.key_len) == 0)

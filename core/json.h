@@ -39,7 +39,8 @@ struct lg_json_member {
 /* Validates @text as one JSON value (RFC 8259: UTF-8, no NaN, no trailing
  * garbage, no lone surrogates, no \u0000 in strings) within @lim. When the
  * value is an object, its top-level members are stored in @members (up to
- * @max; more is an error) and counted in *@n; duplicate top-level keys are
+ * @max; more is an error) and counted in *@n; duplicate top-level keys and
+ * top-level keys with escapes (another spelling of the same key) are
  * refused. @type_out (may be NULL) gets the top-level type. On error returns
  * -1 with a message naming the byte offset. */
 int lg_json_scan(const char *text, size_t len, const struct lg_json_limits *lim,

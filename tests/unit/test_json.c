@@ -48,6 +48,8 @@ static void invalid_documents(void **state)
 		"\"\\ud800\"", "\"\\udc00\"", "\"\\ud800\\u0041\"", "\"\\u0000\"", "\"\\x\"",
 		"\"a\tb\"", "\"\xc0\xaf\"", "\"\xed\xa0\x80\"", "\"\xff\"", "\"\xe2\x82\"",
 		"\"\xf4\x90\x80\x80\"", "{\"a\":1,\"a\":2}", "\"unterminated",
+		/* another spelling of "model" next to it */
+		"{\"model\":\"a\",\"mod\\u0065l\":\"b\"}", "{\"mod\\u0065l\":\"b\"}",
 		"[[[[[[[[[1]]]]]]]]]",                       /* depth 9 > 8 */
 		"[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17]", /* 17 items > 16 */
 		"\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"", /* 65 */
