@@ -1231,3 +1231,15 @@ size_t lg_fetcher_active(const struct lg_fetcher *f)
 {
 	return f ? f->n_active : 0;
 }
+
+const char *lg_fetch_header(struct lg_fetch *fe, const char *name)
+{
+	struct curl_header *h = NULL;
+
+	if (!fe || fe->status == 0)
+		return NULL;
+	/* -1: the last request of the transfer (no redirects are followed). */
+	if (curl_easy_header(fe->easy, name, 0, CURLH_HEADER, -1, &h) != CURLHE_OK || !h)
+		return NULL;
+	return h->value;
+}

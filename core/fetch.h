@@ -37,6 +37,9 @@ size_t lg_fetcher_active(const struct lg_fetcher *f);
 struct lg_fetch *lg_fetch_start(struct lg_fetcher *f, const struct lg_fetch_request *rq,
 				const struct lg_fetch_handlers *h, void *arg);
 void lg_fetch_cancel(struct lg_fetch *fetch);
+/* A header of the reply (the last one of that name), valid from on_head
+ * until on_done returns; NULL if absent or not arrived yet. */
+const char *lg_fetch_header(struct lg_fetch *fetch, const char *name);
 void lg_fetch_pause(struct lg_fetch *fetch, bool paused);
 
 #endif

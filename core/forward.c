@@ -37,8 +37,8 @@
  *   the first event of a 200 stream) before the first byte reached the
  *   client is retried at most twice, on a provider of the model not tried
  *   yet when there is one, after a random delay in [0, min(1 s, 100 ms *
- *   2^n)]. (A 429's Retry-After is not read: the fetch callbacks do not
- *   expose response headers.) When every attempt failed: an upstream HTTP
+ *   2^n)]; a 429's Retry-After of at most 5 s is a floor for that delay, a
+ *   longer one ends the retries. When every attempt failed: an upstream HTTP
  *   error status passes through with the upstream's message (error.message,
  *   detail or message of a JSON body, else the body, cut at 1000 bytes);
  *   transport failures, open breakers and slot waits that time out answer
@@ -96,6 +96,7 @@
 #define MAX_ATTEMPTS 3                  /* the first and at most two retries */
 #define BACKOFF_BASE_MS 100u
 #define BACKOFF_CAP_MS 1000u
+#define RETRY_AFTER_MAX_MS 5000u   /* longer asked pauses are not waited for */
 #define SLOT_WAIT_MS 30000u             /* waiting for a capped provider */
 #define STREAM_HIGH_WATER (256u * 1024) /* the httpd's stream_high_water (server.c) */
 #define EVENT_MAX (16u << 20)           /* one server-sent event */
@@ -351,6 +352,7 @@ struct fwd {
 	/* the attempt in flight */
 	struct upstream *up;
 	int status;
+	uint32_t retry_after_ms;        /* a 429's Retry-After, or 0 */
 	char ctype[128];
 	bool sse;                       /* 2xx text/event-stream: relayed */
 	struct buf in;                  /* unparsed event bytes, or an error body */
@@ -1293,6 +1295,22 @@ static int sse_flush(struct fwd *f)
 
 /* ---- the upstream's callbacks ---- */
 
+/* A 429's Retry-After in seconds (the HTTP-date form is not used by model
+ * servers), or 0. */
+static uint32_t retry_after_ms(const struct upstream *up)
+{
+	const char *v = up->fetch ? lg_fetch_header(up->fetch, "Retry-After") : NULL;
+	char *end;
+	unsigned long secs;
+
+	if (!v)
+		return 0;
+	secs = strtoul(v, &end, 10);
+	if (end == v || secs > 3600)
+		return 0;
+	return (uint32_t)secs * 1000;
+}
+
 static int up_head(void *arg, int status, const char *ctype)
 {
 	struct upstream *up = arg;
@@ -1301,6 +1319,7 @@ static int up_head(void *arg, int status, const char *ctype)
 	if (!f)
 		return -1;
 	f->status = status;
+	f->retry_after_ms = status == 429 ? retry_after_ms(up) : 0;
 	snprintf(f->ctype, sizeof f->ctype, "%s", ctype ? ctype : "");
 	f->sse = f->stream && status >= 200 && status < 300 &&
 		 strncasecmp(f->ctype, "text/event-stream", 17) == 0;
@@ -1610,6 +1629,14 @@ static void attempt_failed(struct fwd *f)
 		return;
 	}
 	delay = backoff_ms(f->attempts - 1);
+	/* An upstream that asks for a short pause gets it; one that asks for
+	 * longer is not retried (the 429 and its message reach the client). */
+	if (f->retry_after_ms > RETRY_AFTER_MAX_MS) {
+		final_failure(f);
+		return;
+	}
+	if (f->retry_after_ms > delay)
+		delay = f->retry_after_ms;
 	tv = (struct timeval){ .tv_sec = delay / 1000, .tv_usec = (suseconds_t)(delay % 1000) * 1000 };
 	f->timer = evtimer_new(lg_loop_base(lg_loop_current()), backoff_fired, f);
 	if (!f->timer || evtimer_add(f->timer, &tv) != 0) {

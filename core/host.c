@@ -736,4 +736,5 @@ const struct lg_host lg_host_api = {
 	.fetch = h_fetch,
 	.fetch_cancel = lg_fetch_cancel,
 	.fetch_pause = lg_fetch_pause,
+	.fetch_header = lg_fetch_header,
 };

@@ -499,6 +499,27 @@ class Forwarding(GatewayCase):
                 break
         self.assertEqual(self.chat_count(), before + 1)
 
+    def test_429_retry_after_is_honoured(self):
+        # A short Retry-After is a floor for the pause before the retry.
+        self.settle("f429")
+        self.fault("status", count=1, status=429, retry_after=1,
+                   body={"error": {"message": "slow down", "code": 429}})
+        start = time.monotonic()
+        r = self.post(chat_body("f429"))
+        self.assertEqual(r.status, 200, r.body)
+        self.assertGreaterEqual(time.monotonic() - start, 0.95)
+        self.assertEqual(self.chat_count(), 2)
+        # A long one is not waited for: the 429 reaches the client at once.
+        self.settle("f429")
+        self.fault("status", count=-1, status=429, retry_after=60,
+                   body={"error": {"message": "come back later", "code": 429}})
+        start = time.monotonic()
+        r = self.post(chat_body("f429"))
+        self.assertEqual((r.status, r.json()["detail"]), (429, "come back later"))
+        self.assertLess(time.monotonic() - start, 5)
+        self.assertEqual(self.chat_count(), 1)
+        self.up.reset()
+
     def test_first_byte_timeout_is_503(self):
         for stream in (False, True):
             self.settle("fdelay")

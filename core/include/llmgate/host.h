@@ -214,6 +214,9 @@ struct lg_host {
 	void (*fetch_cancel)(struct lg_fetch *f);
 	/** fetch_pause() - stop or restart reading the reply. */
 	void (*fetch_pause)(struct lg_fetch *f, bool paused);
+	/** fetch_header() - a header of the reply, from on_head until on_done
+	 * returns, or NULL. Ownership: borrowed. Thread: the fetch's loop. */
+	const char *(*fetch_header)(struct lg_fetch *f, const char *name);
 
 	/* 1.1+ members go below, never above */
 };
