@@ -11,6 +11,9 @@ packages="
   ca-certificates
 "
 
+# The compatibility test drives llmgate with the official openai npm client.
+command -v node >/dev/null 2>&1 || packages="$packages nodejs npm"
+
 missing=""
 for p in $packages; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

@@ -13,7 +13,9 @@ scripts/install-deps.sh
 meson compile -C build
 
 run="$top/.run"
-pgdata="$run/pgdata"
+pgroot="$run/pg"              # owned by the server's user (postgres as root)
+pgdata="$pgroot/data"
+pglog="$pgroot/postgres.log"
 pgport=${LLMGATE_PG_PORT:-54329}
 bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 mkdir -p "$run"
@@ -29,7 +31,7 @@ if [ ! -d "$pgdata" ]; then
 	printf '%s\n' "$password" > "$run/pgpass"
 	chmod 600 "$run/pgpass"
 	mkdir -p "$pgdata"
-	[ "$(id -u)" -eq 0 ] && chown postgres:postgres "$pgdata" "$run/pgpass"
+	[ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$pgroot" "$run/pgpass"
 	as_pg "$bindir/initdb" -D "$pgdata" -U postgres --auth=scram-sha-256 \
 		--pwfile="$run/pgpass" -E UTF8 >/dev/null
 	cat >> "$pgdata/postgresql.conf" <<CONF
@@ -39,8 +41,8 @@ unix_socket_directories = '$pgdata'
 CONF
 fi
 [ "$(id -u)" -eq 0 ] && chmod 755 "$run"
-as_pg "$bindir/pg_ctl" -D "$pgdata" -l "$run/postgres.log" -w status >/dev/null 2>&1 ||
-	as_pg "$bindir/pg_ctl" -D "$pgdata" -l "$run/postgres.log" -w start >/dev/null
+as_pg "$bindir/pg_ctl" -D "$pgdata" -l "$pglog" -w status >/dev/null 2>&1 ||
+	as_pg "$bindir/pg_ctl" -D "$pgdata" -l "$pglog" -w start >/dev/null
 trap 'as_pg "$bindir/pg_ctl" -D "$pgdata" -m fast -w stop >/dev/null' EXIT
 
 cat > "$run/config.yml" <<CONF
@@ -57,11 +59,26 @@ dependencies:
     pool_size: 5
 settings:
   monitoring_postgres_enabled: true
+models:
+  - name: mock-chat
+    type: text-generation
+    aliases: [default]
+    providers:
+      - { type: mock, model_name: mock-chat }
+  - name: mock-embeddings
+    type: text-embeddings-inference
+    providers:
+      - { type: mock, model_name: mock-embeddings }
+  - name: mock-rerank
+    type: text-classification
+    providers:
+      - { type: mock, model_name: mock-rerank }
 CONF
 
 PGPASSWORD=$(cat "$run/pgpass")
 export PGPASSWORD
 echo "llmgate: PostgreSQL on 127.0.0.1:$pgport (data in $pgdata); config in $run/config.yml"
+echo "llmgate: try  curl -H 'Authorization: Bearer ${LLMGATE_MASTER_KEY:-changeme}' http://${LLMGATE_LISTEN:-127.0.0.1:8080}/v1/models"
 # Not exec: the trap stops the cluster when the gateway exits.
 rc=0
 build/core/llmgate --config "$run/config.yml" --plugin-dir build/plugins/all "$@" || rc=$?

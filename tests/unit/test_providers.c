@@ -149,7 +149,7 @@ static const struct expected_type expected_types[] = {
 	  "https://api.mistral.ai", "/v1/models", true, true, false },
 	{ "mock", ALL_TYPES,
 	  EP(CHAT) | EP(COMPLETIONS) | EP(EMBEDDINGS) | EP(RERANK) | EP(TRANSCRIPTION) | EP(OCR),
-	  NULL, "/v1/models", false, false, true },
+	  "http://mock.invalid", "/v1/models", false, false, true },
 };
 
 /* The NULL-terminated list joined by commas. */

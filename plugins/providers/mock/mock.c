@@ -1111,6 +1111,9 @@ static const struct lg_provider_ops mock_ops = {
 	.endpoints = LG_ENDPOINT_BIT(LG_ENDPOINT_CHAT) | LG_ENDPOINT_BIT(LG_ENDPOINT_COMPLETIONS) |
 		     LG_ENDPOINT_BIT(LG_ENDPOINT_EMBEDDINGS) | LG_ENDPOINT_BIT(LG_ENDPOINT_RERANK) |
 		     LG_ENDPOINT_BIT(LG_ENDPOINT_TRANSCRIPTION) | LG_ENDPOINT_BIT(LG_ENDPOINT_OCR),
+	/* Never contacted: the mock serves every call itself. ".invalid" is a
+	 * reserved name that resolves nowhere, so a provider needs no url. */
+	.default_url = "http://mock.invalid",
 	.models_path = "/v1/models",
 	.serve = mock_serve,
 	.cancel = mock_cancel,
