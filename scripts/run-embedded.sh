@@ -79,7 +79,15 @@ PGPASSWORD=$(cat "$run/pgpass")
 export PGPASSWORD
 echo "llmgate: PostgreSQL on 127.0.0.1:$pgport (data in $pgdata); config in $run/config.yml"
 echo "llmgate: try  curl -H 'Authorization: Bearer ${LLMGATE_MASTER_KEY:-changeme}' http://${LLMGATE_LISTEN:-127.0.0.1:8080}/v1/models"
-# Not exec: the trap stops the cluster when the gateway exits.
+# Not exec: the EXIT trap stops the cluster once the gateway has exited.
+# INT and TERM sent to this script are passed on, so the gateway drains.
+build/core/llmgate --config "$run/config.yml" --plugin-dir build/plugins/all "$@" &
+gateway=$!
+trap 'kill -TERM $gateway 2>/dev/null || true' INT TERM
 rc=0
-build/core/llmgate --config "$run/config.yml" --plugin-dir build/plugins/all "$@" || rc=$?
+wait $gateway || rc=$?
+if kill -0 $gateway 2>/dev/null; then
+	rc=0
+	wait $gateway || rc=$?
+fi
 exit $rc
