@@ -116,8 +116,12 @@ class Check(unittest.TestCase):
                            "models[0].providers[0].url: must start with http:// or https://")
         self.assertRefused(head + "      - { type: mock, url: 'http://h/v1/', model_name: m }\n",
                            10, "must not end with /v1")
-        self.assertRefused(head + "      - { type: mock, model_name: m }\n", 10,
-                           "models[0].providers[0].url: required")
+        # vllm has no default URL (the mock has one that is never contacted).
+        self.assertRefused(head + "      - { type: vllm, model_name: m }\n", 10,
+                           "models[0].providers[0].url: required",
+                           plugins=("good", "mock", "vllm"))
+        r, _ = check_yaml(head + "      - { type: mock, model_name: m }\n")
+        self.assertEqual(r.returncode, 0, r.stderr)
         self.assertRefused(head + "      - { type: mock, url: 'http://h', model_name: m,"
                            " max_concurrency: 0 }\n", 10, "max_concurrency: 0 is out of range")
         self.assertRefused(head + "      - { type: mock, url: 'http://h', model_name: m,"
