@@ -22,6 +22,7 @@
  * duplicate keys, keys that are scalars.
  */
 #include "config.h"
+#include "log.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -38,19 +39,6 @@
 #define ENV_NAME_MAX		255
 
 #define YAML_TAG_PREFIX "tag:yaml.org,2002:"
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) LG_PRINTF(3, 4);
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || errlen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
 
 /* ---- the tree ---- */
 
@@ -139,7 +127,7 @@ static int read_file(const char *path, char **out, size_t *outlen, char *err, si
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		ret = -errno;
-		set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+		lg_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
 		return ret;
 	}
 	buf = malloc(cap);
@@ -148,7 +136,7 @@ static int read_file(const char *path, char **out, size_t *outlen, char *err, si
 	for (;;) {
 		if (len == cap) {
 			if (cap > CONFIG_MAX_BYTES) {
-				set_err(err, errlen, "%s: larger than %u MiB, refusing to read it",
+				lg_errf(err, errlen, "%s: larger than %u MiB, refusing to read it",
 					path, CONFIG_MAX_BYTES >> 20);
 				ret = -EFBIG;
 				goto fail;
@@ -164,7 +152,7 @@ static int read_file(const char *path, char **out, size_t *outlen, char *err, si
 			continue;
 		if (r < 0) {
 			ret = -errno;
-			set_err(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+			lg_errf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
 			goto fail;
 		}
 		if (r == 0)
@@ -172,7 +160,7 @@ static int read_file(const char *path, char **out, size_t *outlen, char *err, si
 		len += (size_t)r;
 	}
 	if (len > CONFIG_MAX_BYTES) {
-		set_err(err, errlen, "%s: larger than %u MiB, refusing to read it", path,
+		lg_errf(err, errlen, "%s: larger than %u MiB, refusing to read it", path,
 			CONFIG_MAX_BYTES >> 20);
 		ret = -EFBIG;
 		goto fail;
@@ -182,7 +170,7 @@ static int read_file(const char *path, char **out, size_t *outlen, char *err, si
 	*outlen = len;
 	return 0;
 nomem:
-	set_err(err, errlen, "%s: out of memory", path);
+	lg_errf(err, errlen, "%s: out of memory", path);
 	ret = -ENOMEM;
 fail:
 	free(buf);
@@ -283,13 +271,13 @@ static int resolve_var(const char *name, int line, const struct var_ref *ref,
 		return 0;
 	}
 	if (!env) {
-		set_err(err, errlen,
+		lg_errf(err, errlen,
 			"%s:%d: environment variable %s is not set (use ${%s:-default})",
 			name, line, ref->name, ref->name);
 		return -1;
 	}
 	if (strpbrk(env, "\r\n")) {
-		set_err(err, errlen,
+		lg_errf(err, errlen,
 			"%s:%d: environment variable %s contains a line break; multi-line values "
 			"are not substituted (line numbers would no longer match the file)",
 			name, line, ref->name);
@@ -330,7 +318,7 @@ static int substitute_line(const char *name, int line, const char *s, const char
 			s += 3;
 		} else if (end - s >= 2 && s[1] == '{') {
 			if (parse_var_ref(s, end, &ref) < 0) {
-				set_err(err, errlen,
+				lg_errf(err, errlen,
 					"%s:%d: column %d: malformed variable reference: expected "
 					"${NAME} or ${NAME:-default} (write $${ for a literal ${)",
 					name, line, (int)(s - line_start) + 1);
@@ -371,9 +359,9 @@ static int substitute(const char *name, const char *in, size_t len, struct text 
 		line++;
 	}
 	if (r == -ENOMEM)
-		set_err(err, errlen, "%s: out of memory", name);
+		lg_errf(err, errlen, "%s: out of memory", name);
 	else if (r == -EFBIG)
-		set_err(err, errlen, "%s: larger than %u MiB after substitution", name,
+		lg_errf(err, errlen, "%s: larger than %u MiB after substitution", name,
 			CONFIG_MAX_EXPANDED >> 20);
 	return r;
 }
@@ -411,19 +399,19 @@ static void report_parser_error(struct yparse *yp)
 
 	switch (p->error) {
 	case YAML_MEMORY_ERROR:
-		set_err(yp->err, yp->errlen, "%s: out of memory while parsing", yp->name);
+		lg_errf(yp->err, yp->errlen, "%s: out of memory while parsing", yp->name);
 		break;
 	case YAML_READER_ERROR:
-		set_err(yp->err, yp->errlen, "%s:%d: %s", yp->name,
+		lg_errf(yp->err, yp->errlen, "%s:%d: %s", yp->name,
 			line_at_offset(yp, p->problem_offset), problem);
 		break;
 	default:
 		if (p->context)
-			set_err(yp->err, yp->errlen, "%s:%d: %s (%s at line %d)", yp->name,
+			lg_errf(yp->err, yp->errlen, "%s:%d: %s (%s at line %d)", yp->name,
 				line_of(&p->problem_mark), problem, p->context,
 				line_of(&p->context_mark));
 		else
-			set_err(yp->err, yp->errlen, "%s:%d: %s", yp->name,
+			lg_errf(yp->err, yp->errlen, "%s:%d: %s", yp->name,
 				line_of(&p->problem_mark), problem);
 		break;
 	}
@@ -439,7 +427,7 @@ static int next_event(struct yparse *yp, yaml_event_t *ev)
 
 static int nomem(struct yparse *yp)
 {
-	set_err(yp->err, yp->errlen, "%s: out of memory", yp->name);
+	lg_errf(yp->err, yp->errlen, "%s: out of memory", yp->name);
 	return -ENOMEM;
 }
 
@@ -447,7 +435,7 @@ static int nomem(struct yparse *yp)
 static int refuse_anchor_or_alias(struct yparse *yp, const yaml_event_t *ev, char sigil,
 				  const yaml_char_t *name)
 {
-	set_err(yp->err, yp->errlen,
+	lg_errf(yp->err, yp->errlen,
 		"%s:%d: anchors and aliases (%c%s) are not supported; repeat the value instead",
 		yp->name, line_of(&ev->start_mark), sigil, (const char *)name);
 	return -EINVAL;
@@ -480,7 +468,7 @@ static int refuse_tag(struct yparse *yp, const yaml_event_t *ev, const yaml_char
 	const char *t = (const char *)tag;
 	bool std = strncmp(t, YAML_TAG_PREFIX, strlen(YAML_TAG_PREFIX)) == 0;
 
-	set_err(yp->err, yp->errlen,
+	lg_errf(yp->err, yp->errlen,
 		"%s:%d: tag %s%s is not supported here (only !!str, !!int, !!float, !!bool and "
 		"!!null on values, !!seq on lists, !!map on maps)",
 		yp->name, line_of(&ev->start_mark), std ? "!!" : "",
@@ -515,12 +503,12 @@ static int build_scalar(struct yparse *yp, const yaml_event_t *ev, struct lg_nod
 			return refuse_tag(yp, ev, tag);
 	}
 	if (strlen(value) != ev->data.scalar.length) {
-		set_err(yp->err, yp->errlen, "%s:%d: a value contains a NUL character",
+		lg_errf(yp->err, yp->errlen, "%s:%d: a value contains a NUL character",
 			yp->name, line_of(&ev->start_mark));
 		return -EINVAL;
 	}
 	if (force_null && !is_null_text(value)) {
-		set_err(yp->err, yp->errlen, "%s:%d: '%s' tagged !!null is not a null value",
+		lg_errf(yp->err, yp->errlen, "%s:%d: '%s' tagged !!null is not a null value",
 			yp->name, line_of(&ev->start_mark), value);
 		return -EINVAL;
 	}
@@ -631,7 +619,7 @@ static int check_duplicate_keys(struct yparse *yp, const struct lg_node *map)
 	free(refs);
 	if (dup == SIZE_MAX)
 		return 0;
-	set_err(yp->err, yp->errlen, "%s:%d: duplicate key '%s' (first at line %d)", yp->name,
+	lg_errf(yp->err, yp->errlen, "%s:%d: duplicate key '%s' (first at line %d)", yp->name,
 		map->key_lines[dup], map->keys[dup], map->key_lines[first]);
 	return -EINVAL;
 }
@@ -645,7 +633,7 @@ static int build_key(struct yparse *yp, const yaml_event_t *ev, char **key)
 	if (ev->type == YAML_ALIAS_EVENT)
 		return refuse_alias(yp, ev);
 	if (ev->type != YAML_SCALAR_EVENT) {
-		set_err(yp->err, yp->errlen, "%s:%d: a key must be a plain name, not a %s",
+		lg_errf(yp->err, yp->errlen, "%s:%d: a key must be a plain name, not a %s",
 			yp->name, line_of(&ev->start_mark),
 			ev->type == YAML_SEQUENCE_START_EVENT ? "list" : "map");
 		return -EINVAL;
@@ -658,7 +646,7 @@ static int build_key(struct yparse *yp, const yaml_event_t *ev, char **key)
 		return refuse_tag(yp, ev, tag);
 	if (ev->data.scalar.length == 0 || strlen((const char *)ev->data.scalar.value) !=
 					   ev->data.scalar.length) {
-		set_err(yp->err, yp->errlen, "%s:%d: empty key", yp->name,
+		lg_errf(yp->err, yp->errlen, "%s:%d: empty key", yp->name,
 			line_of(&ev->start_mark));
 		return -EINVAL;
 	}
@@ -733,7 +721,7 @@ static int build_node(struct yparse *yp, const yaml_event_t *ev, int depth,
 	int r;
 
 	if (depth > CONFIG_MAX_DEPTH) {
-		set_err(yp->err, yp->errlen, "%s:%d: nested deeper than %d levels", yp->name,
+		lg_errf(yp->err, yp->errlen, "%s:%d: nested deeper than %d levels", yp->name,
 			line_of(&ev->start_mark), CONFIG_MAX_DEPTH);
 		return -EINVAL;
 	}
@@ -759,7 +747,7 @@ static int build_node(struct yparse *yp, const yaml_event_t *ev, int depth,
 	case YAML_ALIAS_EVENT:
 		return refuse_alias(yp, ev);
 	default:
-		set_err(yp->err, yp->errlen, "%s:%d: unexpected YAML event %d", yp->name,
+		lg_errf(yp->err, yp->errlen, "%s:%d: unexpected YAML event %d", yp->name,
 			line_of(&ev->start_mark), (int)ev->type);
 		return -EINVAL;
 	}
@@ -773,7 +761,7 @@ static int expect_event(struct yparse *yp, yaml_event_type_t type, yaml_event_t 
 		return -EINVAL;
 	if (ev->type == type)
 		return 0;
-	set_err(yp->err, yp->errlen, "%s:%d: unexpected YAML event %d (expected %d)", yp->name,
+	lg_errf(yp->err, yp->errlen, "%s:%d: unexpected YAML event %d (expected %d)", yp->name,
 		line_of(&ev->start_mark), (int)ev->type, (int)type);
 	yaml_event_delete(ev);
 	return -EINVAL;
@@ -812,7 +800,7 @@ static int build_document(struct yparse *yp, struct lg_node **root)
 	}
 	if (ev.type != YAML_DOCUMENT_START_EVENT) {
 		yaml_event_delete(&ev);
-		set_err(yp->err, yp->errlen, "%s: unexpected YAML event at the start", yp->name);
+		lg_errf(yp->err, yp->errlen, "%s: unexpected YAML event at the start", yp->name);
 		return -EINVAL;
 	}
 	yaml_event_delete(&ev);
@@ -831,7 +819,7 @@ static int build_document(struct yparse *yp, struct lg_node **root)
 		goto fail;
 	}
 	if (ev.type != YAML_STREAM_END_EVENT) {
-		set_err(yp->err, yp->errlen,
+		lg_errf(yp->err, yp->errlen,
 			"%s:%d: a second YAML document ('---'); a config file holds one", yp->name,
 			line_of(&ev.start_mark));
 		yaml_event_delete(&ev);
@@ -844,7 +832,7 @@ static int build_document(struct yparse *yp, struct lg_node **root)
 		goto empty;
 	}
 	if (node->kind != LG_NODE_MAP) {
-		set_err(yp->err, yp->errlen,
+		lg_errf(yp->err, yp->errlen,
 			"%s:%d: the top level must be a map of sections (server:, plugins:, ...), "
 			"not %s", yp->name, node->line, kind_name(node->kind));
 		r = -EINVAL;
@@ -869,7 +857,7 @@ static int parse_yaml(const char *name, const char *text, size_t len, struct lg_
 	int r;
 
 	if (!yaml_parser_initialize(&yp.parser)) {
-		set_err(err, errlen, "%s: out of memory", name);
+		lg_errf(err, errlen, "%s: out of memory", name);
 		return -ENOMEM;
 	}
 	yaml_parser_set_input_string(&yp.parser, (const unsigned char *)text, len);
@@ -887,12 +875,12 @@ int lg_config_parse(const char *name, const char *text, size_t len,
 
 	*out = NULL;
 	if (len > CONFIG_MAX_BYTES) {
-		set_err(err, errlen, "%s: larger than %u MiB", name, CONFIG_MAX_BYTES >> 20);
+		lg_errf(err, errlen, "%s: larger than %u MiB", name, CONFIG_MAX_BYTES >> 20);
 		return -EFBIG;
 	}
 	doc = calloc(1, sizeof *doc);
 	if (!doc || !(doc->path = strdup(name))) {
-		set_err(err, errlen, "%s: out of memory", name);
+		lg_errf(err, errlen, "%s: out of memory", name);
 		r = -ENOMEM;
 		goto fail;
 	}

@@ -85,29 +85,16 @@ static const struct lg_setting settings_table[] = {
 	  "Record each request's usage in PostgreSQL" },
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) LG_PRINTF(3, 4);
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || errlen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
 static int out_of_memory(const struct lg_core_config *cfg, char *err, size_t errlen)
 {
-	set_err(err, errlen, "%s: out of memory", cfg->doc->path);
+	lg_errf(err, errlen, "%s: out of memory", cfg->doc->path);
 	return -ENOMEM;
 }
 
 /* A getter failing on a key of our own table is a bug here, not in the file. */
 static int internal_error(const char *section, const char *key, char *err, size_t errlen)
 {
-	set_err(err, errlen, "%s.%s: internal error: no value after validation", section, key);
+	lg_errf(err, errlen, "%s.%s: internal error: no value after validation", section, key);
 	return -EINVAL;
 }
 
@@ -147,7 +134,7 @@ static int bind_except(const char *file, const char *section, const struct lg_no
 	view.items = calloc(map->n + 1, sizeof *view.items);
 	view.key_lines = calloc(map->n + 1, sizeof *view.key_lines);
 	if (!view.keys || !view.items || !view.key_lines) {
-		set_err(err, errlen, "%s: out of memory", file);
+		lg_errf(err, errlen, "%s: out of memory", file);
 		r = -ENOMEM;
 		goto out;
 	}
@@ -261,20 +248,20 @@ static int build_listen(struct lg_core_config *cfg, const struct lg_node *server
 	if (lg_settings_strings(s, "listen", &addrs, &n) != 0)
 		return internal_error("server", "listen", err, errlen);
 	if (n == 0) {
-		set_err(err, errlen, "%s:%d: server.listen: at least one address is needed",
+		lg_errf(err, errlen, "%s:%d: server.listen: at least one address is needed",
 			file, item_line(node, 0));
 		return -EINVAL;
 	}
 	for (size_t i = 0; i < n; i++) {
 		if (check_listen(addrs[i], why, sizeof why) < 0) {
-			set_err(err, errlen,
+			lg_errf(err, errlen,
 				"%s:%d: server.listen: '%s' is not host:port or [v6]:port: %s",
 				file, item_line(node, i), addrs[i], why);
 			return -EINVAL;
 		}
 		for (size_t j = 0; j < i; j++) {
 			if (strcmp(addrs[i], addrs[j]) == 0) {
-				set_err(err, errlen, "%s:%d: server.listen: '%s' is listed twice",
+				lg_errf(err, errlen, "%s:%d: server.listen: '%s' is listed twice",
 					file, item_line(node, i), addrs[i]);
 				return -EINVAL;
 			}
@@ -318,7 +305,7 @@ static int build_workers(struct lg_core_config *cfg, const struct lg_node *serve
 	errno = 0;
 	n = strtol(text, &end, 10);
 	if (text[0] < '0' || text[0] > '9' || *end || errno || n < 1 || n > MAX_WORKERS) {
-		set_err(err, errlen, "%s:%d: server.workers: expected \"auto\" or an integer from "
+		lg_errf(err, errlen, "%s:%d: server.workers: expected \"auto\" or an integer from "
 			"1 to %d, got '%s'", cfg->doc->path, node ? node->line : 0, MAX_WORKERS,
 			text);
 		return -EINVAL;
@@ -342,7 +329,7 @@ static int build_log_level(struct lg_core_config *cfg, const struct lg_node *ser
 		return internal_error("server", "log_level", err, errlen);
 	/* Case-insensitive, and "warning", as OpenGateLLM's INFO/WARNING. */
 	if (lg_log_parse_level(text, &level) != 0 || (size_t)level >= LG_COUNT(names)) {
-		set_err(err, errlen, "%s:%d: server.log_level: expected error, warn, info or "
+		lg_errf(err, errlen, "%s:%d: server.log_level: expected error, warn, info or "
 			"debug, got '%s'", cfg->doc->path, node ? node->line : 0, text);
 		return -EINVAL;
 	}
@@ -423,7 +410,7 @@ static int check_server_settings(const char *file, const struct lg_node *ss, cha
 	static const char section[] = "dependencies.postgres.connect_args.server_settings";
 
 	if (ss->kind != LG_NODE_MAP) {
-		set_err(err, errlen, "%s:%d: %s: expected a map of PostgreSQL setting name to "
+		lg_errf(err, errlen, "%s:%d: %s: expected a map of PostgreSQL setting name to "
 			"value (statement_timeout: \"30s\"), got %s", file, ss->line, section,
 			kind_name(ss));
 		return -EINVAL;
@@ -432,13 +419,13 @@ static int check_server_settings(const char *file, const struct lg_node *ss, cha
 		const struct lg_node *v = ss->items[i];
 
 		if (!valid_pg_setting_name(ss->keys[i])) {
-			set_err(err, errlen, "%s:%d: %s.%s: invalid PostgreSQL setting name "
+			lg_errf(err, errlen, "%s:%d: %s.%s: invalid PostgreSQL setting name "
 				"(lower-case letters, digits, '_' and '.')", file,
 				ss->key_lines[i], section, ss->keys[i]);
 			return -EINVAL;
 		}
 		if (v->kind != LG_NODE_SCALAR) {
-			set_err(err, errlen, "%s:%d: %s.%s: expected a single value, got %s",
+			lg_errf(err, errlen, "%s:%d: %s.%s: expected a single value, got %s",
 				file, v->line, section, ss->keys[i], kind_name(v));
 			return -EINVAL;
 		}
@@ -458,13 +445,13 @@ static int build_connect_args(struct lg_core_config *cfg, const struct lg_node *
 	int r;
 
 	if (!is_empty(args) && args->kind != LG_NODE_MAP) {
-		set_err(err, errlen, "%s:%d: dependencies.postgres.connect_args: expected a map "
+		lg_errf(err, errlen, "%s:%d: dependencies.postgres.connect_args: expected a map "
 			"(server_settings: ...), got %s", file, args->line, kind_name(args));
 		return -EINVAL;
 	}
 	for (size_t i = 0; args && i < args->n; i++) {
 		if (strcmp(args->keys[i], "server_settings") != 0) {
-			set_err(err, errlen, "%s:%d: dependencies.postgres.connect_args.%s: "
+			lg_errf(err, errlen, "%s:%d: dependencies.postgres.connect_args.%s: "
 				"unknown key (known: server_settings)", file, args->key_lines[i],
 				args->keys[i]);
 			return -EINVAL;
@@ -508,7 +495,7 @@ static int build_pg_url(struct lg_core_config *cfg, const struct lg_node *pg, co
 		return 0;
 	}
 	if (strncmp(url, "postgresql://", 13) != 0 && strncmp(url, "postgres://", 11) != 0) {
-		set_err(err, errlen, "%s:%d: dependencies.postgres.url: expected a URL starting "
+		lg_errf(err, errlen, "%s:%d: dependencies.postgres.url: expected a URL starting "
 			"with postgresql:// (or postgres://, postgresql+asyncpg://); the value is "
 			"not shown because it may hold a password", cfg->doc->path,
 			node ? node->line : 0);
@@ -555,14 +542,14 @@ static int build_dependencies(struct lg_core_config *cfg, char *err, size_t errl
 	const char *file = cfg->doc->path;
 
 	if (!is_empty(deps) && deps->kind != LG_NODE_MAP) {
-		set_err(err, errlen, "%s:%d: dependencies: expected a map (postgres: ...), got %s",
+		lg_errf(err, errlen, "%s:%d: dependencies: expected a map (postgres: ...), got %s",
 			file, deps->line, kind_name(deps));
 		return -EINVAL;
 	}
 	for (size_t i = 0; deps && i < deps->n; i++) {
 		if (strcmp(deps->keys[i], "postgres") == 0)
 			continue;
-		set_err(err, errlen, "%s:%d: dependencies.%s: not used by llmgate, which needs "
+		lg_errf(err, errlen, "%s:%d: dependencies.%s: not used by llmgate, which needs "
 			"only postgres (remove this block)", file, deps->key_lines[i],
 			deps->keys[i]);
 		return -EINVAL;
@@ -612,7 +599,7 @@ static int build_plugins(struct lg_core_config *cfg, char *err, size_t errlen)
 	if (is_empty(plugins))
 		return 0;
 	if (plugins->kind != LG_NODE_MAP) {
-		set_err(err, errlen, "%s:%d: plugins: expected a map of plugin name to its "
+		lg_errf(err, errlen, "%s:%d: plugins: expected a map of plugin name to its "
 			"settings (auth: {...}), got %s", file, plugins->line, kind_name(plugins));
 		return -EINVAL;
 	}
@@ -620,13 +607,13 @@ static int build_plugins(struct lg_core_config *cfg, char *err, size_t errlen)
 		const struct lg_node *block = plugins->items[i];
 
 		if (!valid_plugin_name(plugins->keys[i])) {
-			set_err(err, errlen, "%s:%d: plugins.%.64s: invalid plugin name "
+			lg_errf(err, errlen, "%s:%d: plugins.%.64s: invalid plugin name "
 				"(lower-case letters, digits and '_', starting with a letter)",
 				file, plugins->key_lines[i], plugins->keys[i]);
 			return -EINVAL;
 		}
 		if (block->kind != LG_NODE_MAP && block->kind != LG_NODE_NULL) {
-			set_err(err, errlen, "%s:%d: plugins.%s: expected a map of settings (or "
+			lg_errf(err, errlen, "%s:%d: plugins.%s: expected a map of settings (or "
 				"nothing, or {}), got %s", file, block->line, plugins->keys[i],
 				kind_name(block));
 			return -EINVAL;
@@ -655,7 +642,7 @@ static int build_models(struct lg_core_config *cfg, char *err, size_t errlen)
 	if (is_empty(models))
 		return 0;
 	if (models->kind != LG_NODE_SEQ) {
-		set_err(err, errlen, "%s:%d: models: expected a list of models (- name: ...), "
+		lg_errf(err, errlen, "%s:%d: models: expected a list of models (- name: ...), "
 			"got %s", cfg->doc->path, models->line, kind_name(models));
 		return -EINVAL;
 	}
@@ -676,7 +663,7 @@ static int check_top_level(const struct lg_config_doc *doc, char *err, size_t er
 			known |= strcmp(root->keys[i], top_level_keys[k]) == 0;
 		if (known)
 			continue;
-		set_err(err, errlen, "%s:%d: unknown top-level key '%s' (known: server, plugins, "
+		lg_errf(err, errlen, "%s:%d: unknown top-level key '%s' (known: server, plugins, "
 			"dependencies, settings, models)", doc->path, root->key_lines[i],
 			root->keys[i]);
 		return -EINVAL;
@@ -692,13 +679,13 @@ int lg_core_config_build(struct lg_config_doc *doc, struct lg_core_config **out,
 
 	*out = NULL;
 	if (!doc || !doc->root || doc->root->kind != LG_NODE_MAP) {
-		set_err(err, errlen, "%s: not a parsed configuration", doc ? doc->path : "?");
+		lg_errf(err, errlen, "%s: not a parsed configuration", doc ? doc->path : "?");
 		lg_config_doc_free(doc);
 		return -EINVAL;
 	}
 	cfg = calloc(1, sizeof *cfg);
 	if (!cfg) {
-		set_err(err, errlen, "%s: out of memory", doc->path);
+		lg_errf(err, errlen, "%s: out of memory", doc->path);
 		lg_config_doc_free(doc);
 		return -ENOMEM;
 	}

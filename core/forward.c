@@ -230,25 +230,6 @@ static double ms_between(uint64_t from_ns, uint64_t to_ns)
 	return to_ns > from_ns ? (double)(to_ns - from_ns) / 1e6 : 0;
 }
 
-static char *LG_PRINTF(2, 3) req_printf(struct lg_req *req, const char *fmt, ...)
-{
-	va_list ap;
-	char *s;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(NULL, 0, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		return NULL;
-	s = lg_req_alloc(req, (size_t)n + 1);
-	if (!s)
-		return NULL;
-	va_start(ap, fmt);
-	vsnprintf(s, (size_t)n + 1, fmt, ap);
-	va_end(ap);
-	return s;
-}
 
 /* @s as a JSON string token in the request's memory. */
 static struct lg_str req_json_token(struct lg_req *req, const char *s)
@@ -1498,7 +1479,7 @@ static void reply_ok(struct fwd *f, struct lg_str body)
 
 		randombytes_buf(rnd, sizeof rnd);
 		sodium_bin2hex(hex, sizeof hex, rnd, sizeof rnd);
-		id = req_printf(f->req, "\"request-%s\"", hex);
+		id = lg_req_printf(f->req, "\"request-%s\"", hex);
 		if (id)
 			editor_set(&f->red, f->in.p, m, n, "id", LIT("\"id\":"),
 				   (struct lg_str){ id, strlen(id) });
@@ -1716,12 +1697,12 @@ static const char *const *upstream_headers(struct fwd *f)
 
 	if (!h)
 		return NULL;
-	h[n++] = f->ep->multipart ? req_printf(req, "Content-Type: %s", f->content_type)
+	h[n++] = f->ep->multipart ? lg_req_printf(req, "Content-Type: %s", f->content_type)
 				  : "Content-Type: application/json";
 	h[n++] = f->stream ? "Accept: text/event-stream" : "Accept: application/json";
 	if (f->prov->conf.key && *f->prov->conf.key)
-		h[n++] = req_printf(req, "Authorization: Bearer %s", f->prov->conf.key);
-	h[n++] = req_printf(req, "X-Request-Id: %s", rid(f));
+		h[n++] = lg_req_printf(req, "Authorization: Bearer %s", f->prov->conf.key);
+	h[n++] = lg_req_printf(req, "X-Request-Id: %s", rid(f));
 	for (size_t i = 0; i < n; i++)
 		if (!h[i])
 			return NULL;
@@ -1779,7 +1760,7 @@ static void start_attempt(struct fwd *f)
 		.size = sizeof *uc, .endpoint = f->ep->id, .stream = f->stream,
 		.request = {
 			.size = sizeof uc->request, .method = "POST",
-			.url = req_printf(req, "%.*s%s", (int)blen, base, f->ep->path),
+			.url = lg_req_printf(req, "%.*s%s", (int)blen, base, f->ep->path),
 			.headers = upstream_headers(f),
 			.body = upstream_body(f),
 			.connect_timeout_ms = p->connect_timeout_ms,

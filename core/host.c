@@ -676,6 +676,26 @@ char *lg_req_strdup(struct lg_req *req, const char *s)
 	return d;
 }
 
+char *lg_req_printf(struct lg_req *req, const char *fmt, ...)
+{
+	va_list ap;
+	char *s;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(NULL, 0, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return NULL;
+	s = lg_req_alloc(req, (size_t)n + 1);
+	if (!s)
+		return NULL;
+	va_start(ap, fmt);
+	vsnprintf(s, (size_t)n + 1, fmt, ap);
+	va_end(ap);
+	return s;
+}
+
 void lg_req_arena_free(struct lg_req *req)
 {
 	while (req->arena) {

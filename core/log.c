@@ -78,3 +78,14 @@ void lg_log(enum lg_log_level level, const char *component, const char *request_
 	lg_logv(level, component, request_id, fmt, ap);
 	va_end(ap);
 }
+
+void lg_errf(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!err || errlen == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}

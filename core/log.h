@@ -18,6 +18,10 @@ void lg_log(enum lg_log_level level, const char *component, const char *request_
 void lg_logv(enum lg_log_level level, const char *component, const char *request_id,
 	     const char *fmt, va_list ap) LG_PRINTF(4, 0);
 
+/* Formats an error message into a caller's buffer (@err may be NULL).
+ * Thread: any. */
+void lg_errf(char *err, size_t errlen, const char *fmt, ...) LG_PRINTF(3, 4);
+
 #define lg_error(comp, ...) lg_log(LG_LOG_ERROR, comp, NULL, __VA_ARGS__)
 #define lg_warn(comp, ...)  lg_log(LG_LOG_WARN, comp, NULL, __VA_ARGS__)
 #define lg_info(comp, ...)  lg_log(LG_LOG_INFO, comp, NULL, __VA_ARGS__)

@@ -54,18 +54,6 @@ static const char read_applied_sql[] =
 static const char insert_sql[] =
 	"INSERT INTO schema_migrations (plugin, version, name, checksum) VALUES ($1, $2, $3, $4)";
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) LG_PRINTF(3, 4);
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || !errlen)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
 /* The database's message on one line. */
 static void db_message(char *dst, size_t size, const PGresult *res, const PGconn *conn)
 {
@@ -105,7 +93,7 @@ static PGresult *exec_expect(PGconn *conn, const char *sql, int nparams,
 	if (res && PQresultStatus(res) == want)
 		return res;
 	db_message(msg, sizeof msg, res, conn);
-	set_err(err, errlen, "%s", msg);
+	lg_errf(err, errlen, "%s", msg);
 	PQclear(res);
 	return NULL;
 }
@@ -145,11 +133,11 @@ static bool blank(const char *s)
 static int validate_set(const struct lg_migration_set *set, char *err, size_t errlen)
 {
 	if (!set->plugin || !*set->plugin) {
-		set_err(err, errlen, "a migration set has no plugin name");
+		lg_errf(err, errlen, "a migration set has no plugin name");
 		return -1;
 	}
 	if (set->n && !set->migrations) {
-		set_err(err, errlen, "%s: %zu migrations announced but none given", set->plugin,
+		lg_errf(err, errlen, "%s: %zu migrations announced but none given", set->plugin,
 			set->n);
 		return -1;
 	}
@@ -157,17 +145,17 @@ static int validate_set(const struct lg_migration_set *set, char *err, size_t er
 		const struct lg_migration *m = &set->migrations[i];
 
 		if (m->version != i + 1) {
-			set_err(err, errlen, "%s: migration #%zu has version %u, expected %zu "
+			lg_errf(err, errlen, "%s: migration #%zu has version %u, expected %zu "
 				"(versions go 1, 2, 3... in order)", set->plugin, i + 1, m->version,
 				i + 1);
 			return -1;
 		}
 		if (!m->name || !*m->name) {
-			set_err(err, errlen, "%s migration %04u has no name", set->plugin, m->version);
+			lg_errf(err, errlen, "%s migration %04u has no name", set->plugin, m->version);
 			return -1;
 		}
 		if (blank(m->sql)) {
-			set_err(err, errlen, "%s migration %04u %s has no SQL", set->plugin,
+			lg_errf(err, errlen, "%s migration %04u %s has no SQL", set->plugin,
 				m->version, m->name);
 			return -1;
 		}
@@ -183,7 +171,7 @@ static int validate_sets(const struct lg_migration_set *sets, size_t nsets, char
 			return -1;
 		for (size_t j = 0; j < i; j++) {
 			if (strcmp(sets[i].plugin, sets[j].plugin) == 0) {
-				set_err(err, errlen, "migrations of %s given twice", sets[i].plugin);
+				lg_errf(err, errlen, "migrations of %s given twice", sets[i].plugin);
 				return -1;
 			}
 		}
@@ -223,14 +211,14 @@ static int check_applied(const struct lg_migration_set *set, const PGresult *row
 		const struct lg_migration *m;
 
 		if (version < 1 || (unsigned long)version > set->n) {
-			set_err(err, errlen, "database has %s migration %ld but this llmgate ships "
+			lg_errf(err, errlen, "database has %s migration %ld but this llmgate ships "
 				"only up to %zu: upgrade llmgate", set->plugin, version, set->n);
 			return -1;
 		}
 		m = &set->migrations[version - 1];
 		lg_migration_checksum(m->sql, sum);
 		if (strcmp(sum, PQgetvalue(rows, i, 2)) != 0) {
-			set_err(err, errlen, "%s migration %04u %s was edited after it was applied "
+			lg_errf(err, errlen, "%s migration %04u %s was edited after it was applied "
 				"(its checksum in schema_migrations differs from the shipped SQL): "
 				"restore the original and add a new migration instead", set->plugin,
 				m->version, m->name);
@@ -248,7 +236,7 @@ static int read_applied(PGconn *conn, const struct lg_migration_set *set, PGresu
 
 	*rows = exec_expect(conn, read_applied_sql, 1, params, PGRES_TUPLES_OK, msg, sizeof msg);
 	if (!*rows) {
-		set_err(err, errlen, "cannot read schema_migrations: %s", msg);
+		lg_errf(err, errlen, "cannot read schema_migrations: %s", msg);
 		return -1;
 	}
 	return check_applied(set, *rows, err, errlen);
@@ -288,7 +276,7 @@ static int apply_one(PGconn *conn, const char *plugin, const struct lg_migration
 fail_rollback:
 	rollback(conn);
 fail:
-	set_err(err, errlen, "%s migration %04u %s failed: %s", plugin, m->version, m->name, msg);
+	lg_errf(err, errlen, "%s migration %04u %s failed: %s", plugin, m->version, m->name, msg);
 	return -1;
 }
 
@@ -380,7 +368,7 @@ static int lock_migrations(PGconn *conn, char *err, size_t errlen)
 			 PGRES_TUPLES_OK, msg, sizeof msg) == 0)
 		return 0;
 fail:
-	set_err(err, errlen, "cannot take the migration lock: %s", msg);
+	lg_errf(err, errlen, "cannot take the migration lock: %s", msg);
 	return -1;
 }
 
@@ -406,7 +394,7 @@ static int prepare_table(PGconn *conn, enum lg_migrate_mode mode, bool *exists, 
 	if (mode != LG_MIGRATE_APPLY)
 		return table_exists(conn, exists, err, errlen);
 	if (exec_command(conn, create_table_sql, 0, NULL, msg, sizeof msg) != 0) {
-		set_err(err, errlen, "cannot create schema_migrations: %s", msg);
+		lg_errf(err, errlen, "cannot create schema_migrations: %s", msg);
 		return -1;
 	}
 	*exists = true;
@@ -424,16 +412,16 @@ int lg_migrate(PGconn *conn, const struct lg_migration_set *sets, size_t nsets,
 		return -1;
 	if (!conn || PQstatus(conn) != CONNECTION_OK ||
 	    PQtransactionStatus(conn) != PQTRANS_IDLE) {
-		set_err(err, errlen, "migrations need an idle database connection");
+		lg_errf(err, errlen, "migrations need an idle database connection");
 		return -1;
 	}
 	if (sodium_init() < 0) {
-		set_err(err, errlen, "libsodium failed to initialise");
+		lg_errf(err, errlen, "libsodium failed to initialise");
 		return -1;
 	}
 	rows = calloc(nsets ? nsets : 1, sizeof *rows);
 	if (!rows) {
-		set_err(err, errlen, "out of memory");
+		lg_errf(err, errlen, "out of memory");
 		return -1;
 	}
 	if (mode == LG_MIGRATE_APPLY) {

@@ -91,19 +91,6 @@ static const char owned_by[] = "llmgate";
 
 /* ---- small tools ---- */
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) LG_PRINTF(3, 4);
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || errlen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
 static bool in_list(const char *const *list, const char *s)
 {
 	for (; list && *list; list++)
@@ -582,24 +569,24 @@ static struct lg_models_view *load_view(struct lg_models *m, char *err, size_t e
 	PGresult *res;
 
 	if (!pg) {
-		set_err(err, errlen, "the database is not connected");
+		lg_errf(err, errlen, "the database is not connected");
 		return NULL;
 	}
 	res = lg_pg_query_sync(pg, load_sql, 0, NULL, err, errlen);
 	if (!res)
 		return NULL;
 	if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
-		set_err(err, errlen, "loading the models returned no row");
+		lg_errf(err, errlen, "loading the models returned no row");
 		goto out;
 	}
 	root = json_loads(PQgetvalue(res, 0, 0), 0, &jerr);
 	if (!root) {
-		set_err(err, errlen, "loading the models: invalid JSON: %s", jerr.text);
+		lg_errf(err, errlen, "loading the models: invalid JSON: %s", jerr.text);
 		goto out;
 	}
 	v = view_from_json(m->rt, root);
 	if (!v)
-		set_err(err, errlen, "out of memory loading the models");
+		lg_errf(err, errlen, "out of memory loading the models");
 out:
 	json_decref(root);
 	PQclear(res);
@@ -776,7 +763,7 @@ static void cfg_error(char *err, size_t errlen, const char *file, int line,
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	set_err(err, errlen, "%s:%d: %s%s%s: %s", file, line, section, key ? "." : "",
+	lg_errf(err, errlen, "%s:%d: %s%s%s: %s", file, line, section, key ? "." : "",
 		key ? key : "", msg);
 }
 
@@ -888,13 +875,13 @@ static const struct lg_provider_entry *provider_type_for(const struct lg_runtime
 
 	if (!e) {
 		list_provider_types(rt->registry, list, sizeof list);
-		set_err(why, whylen, "unknown provider type \"%s\" (loaded: %s); add the plugin "
+		lg_errf(why, whylen, "unknown provider type \"%s\" (loaded: %s); add the plugin "
 			"that provides it under plugins:", type, list);
 		return NULL;
 	}
 	if (model_type && !serves(e->ops, model_type)) {
 		list_strings(e->ops->model_types, list, sizeof list);
-		set_err(why, whylen, "provider type \"%s\" cannot serve %s models (it serves: %s)",
+		lg_errf(why, whylen, "provider type \"%s\" cannot serve %s models (it serves: %s)",
 			type, model_type, list[0] ? list : "nothing");
 		return NULL;
 	}
@@ -929,7 +916,7 @@ static int parse_provider_numbers(const char *file, const char *section,
 		}
 		out->zone = strdup(str);
 		if (!out->zone) {
-			set_err(err, errlen, "%s: out of memory", file);
+			lg_errf(err, errlen, "%s: out of memory", file);
 			return -1;
 		}
 	}
@@ -1004,7 +991,7 @@ static int parse_provider_values(const struct lg_runtime *rt, const char *file,
 		goto nomem;
 	return parse_provider_numbers(file, section, node, s, out, err, errlen);
 nomem:
-	set_err(err, errlen, "%s: out of memory", file);
+	lg_errf(err, errlen, "%s: out of memory", file);
 	return -1;
 }
 
@@ -1067,7 +1054,7 @@ static int parse_aliases(const char *file, const char *section, const struct lg_
 	}
 	return 0;
 nomem:
-	set_err(err, errlen, "%s: out of memory", file);
+	lg_errf(err, errlen, "%s: out of memory", file);
 	return -1;
 }
 
@@ -1104,7 +1091,7 @@ static int parse_model_values(const char *file, const char *section, const struc
 	lg_settings_double(s, "cost_prompt_tokens", &out->cost_prompt);
 	lg_settings_double(s, "cost_completion_tokens", &out->cost_completion);
 	if (!out->name || !out->type || !out->strategy) {
-		set_err(err, errlen, "%s: out of memory", file);
+		lg_errf(err, errlen, "%s: out of memory", file);
 		return -1;
 	}
 	return parse_aliases(file, section, node, s, out, err, errlen);
@@ -1148,7 +1135,7 @@ static int parse_model(const struct lg_runtime *rt, const char *file, size_t i,
 	}
 	if (map_without(node, "providers", &shallow) < 0) {
 		map_without_free(&shallow);
-		set_err(err, errlen, "%s: out of memory", file);
+		lg_errf(err, errlen, "%s: out of memory", file);
 		return -1;
 	}
 	rc = lg_settings_bind(file, section, &shallow, model_table, LG_COUNT(model_table), &s,
@@ -1169,7 +1156,7 @@ static int parse_model(const struct lg_runtime *rt, const char *file, size_t i,
 	}
 	out->providers = calloc(pn->n ? pn->n : 1, sizeof *out->providers);
 	if (!out->providers) {
-		set_err(err, errlen, "%s: out of memory", file);
+		lg_errf(err, errlen, "%s: out of memory", file);
 		return -1;
 	}
 	for (size_t j = 0; j < pn->n; j++) {
@@ -1199,7 +1186,7 @@ static int check_names(const char *file, const struct cfg_models *cm, char *err,
 		total += cm->v[i].naliases;
 	uses = calloc(total ? total : 1, sizeof *uses);
 	if (!uses) {
-		set_err(err, errlen, "%s: out of memory", file);
+		lg_errf(err, errlen, "%s: out of memory", file);
 		return -1;
 	}
 	for (size_t i = 0; i < cm->n; i++) {
@@ -1243,13 +1230,13 @@ static int parse_models(const struct lg_runtime *rt, const struct lg_node *model
 	if (!models || models->kind == LG_NODE_NULL)
 		return 0;
 	if (models->kind != LG_NODE_SEQ) {
-		set_err(err, errlen, "%s:%d: models: expected a list of models (- name: ...)", file,
+		lg_errf(err, errlen, "%s:%d: models: expected a list of models (- name: ...)", file,
 			models->line);
 		return -1;
 	}
 	out->v = calloc(models->n ? models->n : 1, sizeof *out->v);
 	if (!out->v) {
-		set_err(err, errlen, "%s: out of memory", file);
+		lg_errf(err, errlen, "%s: out of memory", file);
 		return -1;
 	}
 	for (size_t i = 0; i < models->n; i++) {
@@ -1294,7 +1281,7 @@ static PGresult *tx_exec(PGconn *conn, const char *sql, int n, const char *const
 	if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
 		return res;
 	msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-	set_err(err, errlen, "%s", msg ? msg : PQerrorMessage(conn));
+	lg_errf(err, errlen, "%s", msg ? msg : PQerrorMessage(conn));
 	PQclear(res);
 	return NULL;
 }
@@ -1397,7 +1384,7 @@ static int check_admin_conflicts(PGconn *conn, const struct cfg_models *cm, cons
 	int rc = 0;
 
 	if (!names) {
-		set_err(err, errlen, "out of memory");
+		lg_errf(err, errlen, "out of memory");
 		return -1;
 	}
 	res = tx_exec(conn, sql, 1, params, err, errlen);
@@ -1445,7 +1432,7 @@ static int delete_stale_models(PGconn *conn, const struct cfg_models *cm,
 	int rc;
 
 	if (!names) {
-		set_err(err, errlen, "out of memory");
+		lg_errf(err, errlen, "out of memory");
 		return -1;
 	}
 	rc = tx_run(conn, sql, 1, params, &removed, err, errlen);
@@ -1493,7 +1480,7 @@ static int upsert_model(PGconn *conn, const struct cfg_model *md, struct reconci
 	if (!res)
 		return -1;
 	if (PQntuples(res) != 1 || strcmp(PQgetvalue(res, 0, 1), "t") != 0) {
-		set_err(err, errlen, "\"%s\" was taken by a model created through the admin API "
+		lg_errf(err, errlen, "\"%s\" was taken by a model created through the admin API "
 			"meanwhile", md->name);
 		PQclear(res);
 		return -1;
@@ -1518,7 +1505,7 @@ static int apply_aliases(PGconn *conn, const struct cfg_model *md, const char *i
 	int rc;
 
 	if (!aliases) {
-		set_err(err, errlen, "out of memory");
+		lg_errf(err, errlen, "out of memory");
 		return -1;
 	}
 	rc = tx_run(conn, remove, 2, params, &st->changes, err, errlen);
@@ -1568,7 +1555,7 @@ static int apply_providers(PGconn *conn, const struct cfg_model *md, const char 
 	int rc;
 
 	if (!providers) {
-		set_err(err, errlen, "out of memory");
+		lg_errf(err, errlen, "out of memory");
 		return -1;
 	}
 	rc = tx_run(conn, remove, 2, params, &st->changes, err, errlen);
@@ -1624,7 +1611,7 @@ static int reconcile_tx(PGconn *conn, const struct cfg_models *cm, const char *f
 		goto fail;
 	for (size_t i = 0; i < cm->n; i++) {
 		if (apply_model(conn, &cm->v[i], st, msg, sizeof msg) < 0) {
-			set_err(err, errlen, "%s:%d: models[%zu]: cannot store it: %s", file,
+			lg_errf(err, errlen, "%s:%d: models[%zu]: cannot store it: %s", file,
 				cm->v[i].line, i, msg);
 			return -1;
 		}
@@ -1635,7 +1622,7 @@ static int reconcile_tx(PGconn *conn, const struct cfg_models *cm, const char *f
 		goto fail;
 	return 0;
 fail:
-	set_err(err, errlen, "%s: models: cannot store them: %s", file, msg);
+	lg_errf(err, errlen, "%s: models: cannot store them: %s", file, msg);
 	return -1;
 }
 
@@ -1648,21 +1635,21 @@ static int reconcile(struct lg_models *m, const struct cfg_models *cm, const cha
 	PGresult *res;
 
 	if (!conn) {
-		set_err(err, errlen, "%s: models: %s", file, msg);
+		lg_errf(err, errlen, "%s: models: %s", file, msg);
 		return -1;
 	}
 	/* The lock serialises instances that start or reload together. */
 	if (tx_run(conn, "BEGIN", 0, NULL, NULL, msg, sizeof msg) < 0 ||
 	    tx_run(conn, "SELECT pg_advisory_xact_lock(" LOCK_SPACE ", 1)", 0, NULL, NULL, msg,
 		   sizeof msg) < 0) {
-		set_err(err, errlen, "%s: models: %s", file, msg);
+		lg_errf(err, errlen, "%s: models: %s", file, msg);
 		goto rollback;
 	}
 	if (reconcile_tx(conn, cm, file, &st, err, errlen) < 0)
 		goto rollback;
 	/* Deferred checks run here: a failed COMMIT has rolled back. */
 	if (tx_run(conn, "COMMIT", 0, NULL, NULL, msg, sizeof msg) < 0) {
-		set_err(err, errlen, "%s: models: cannot store them: %s", file, msg);
+		lg_errf(err, errlen, "%s: models: cannot store them: %s", file, msg);
 		goto fail;
 	}
 	PQfinish(conn);
@@ -2059,7 +2046,7 @@ static int apply_config(struct lg_models *m, const struct lg_core_config *cfg, c
 	if (rc < 0)
 		return -1;
 	if (reload_now(m, msg, sizeof msg) < 0) {
-		set_err(err, errlen, "models: stored, but the registry cannot be reloaded: %s", msg);
+		lg_errf(err, errlen, "models: stored, but the registry cannot be reloaded: %s", msg);
 		return -1;
 	}
 	return 0;
@@ -2078,11 +2065,11 @@ int lg_models_start(struct lg_models *m, char *err, size_t errlen)
 	m->kick = event_new(base, -1, 0, on_kick, m);
 	m->tick = event_new(base, -1, EV_PERSIST, on_tick, m);
 	if (!m->kick || !m->tick || event_add(m->tick, &tick) != 0) {
-		set_err(err, errlen, "models: cannot create the reload and health timers");
+		lg_errf(err, errlen, "models: cannot create the reload and health timers");
 		return -1;
 	}
 	if (lg_pg_listen(atomic_load(&rt->pg), rt->main_loop, CHANNEL, on_notify, m) < 0) {
-		set_err(err, errlen, "models: cannot LISTEN on " CHANNEL);
+		lg_errf(err, errlen, "models: cannot LISTEN on " CHANNEL);
 		return -1;
 	}
 	pthread_mutex_lock(&m->lock);
@@ -2098,7 +2085,7 @@ int lg_models_reload(struct lg_models *m, const struct lg_core_config *cfg, char
 		     size_t errlen)
 {
 	if (!m->kick) {
-		set_err(err, errlen, "models: the registry is not running");
+		lg_errf(err, errlen, "models: the registry is not running");
 		return -1;
 	}
 	return apply_config(m, cfg, err, errlen);
@@ -2263,27 +2250,6 @@ struct admin {
 	struct lg_fetch *probe_fetch;
 };
 
-static char *arena_printf(struct lg_req *req, const char *fmt, ...) LG_PRINTF(2, 3);
-
-static char *arena_printf(struct lg_req *req, const char *fmt, ...)
-{
-	va_list ap;
-	char *out;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(NULL, 0, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		return NULL;
-	out = lg_req_alloc(req, (size_t)n + 1);
-	if (!out)
-		return NULL;
-	va_start(ap, fmt);
-	vsnprintf(out, (size_t)n + 1, fmt, ap);
-	va_end(ap);
-	return out;
-}
 
 /* @s without leading and trailing blanks, in the request's arena. */
 static char *arena_strip(struct lg_req *req, const char *s)
@@ -2343,7 +2309,7 @@ static bool body_number(struct lg_req *req, const json_t *body, const char *key,
 					max);
 		return false;
 	}
-	*out = arena_printf(req, "%.17g", d);
+	*out = lg_req_printf(req, "%.17g", d);
 	if (!*out)
 		reply_oom(req);
 	return *out != NULL;
@@ -2375,7 +2341,7 @@ static bool body_int(struct lg_req *req, const json_t *body, const char *key, in
 	}
 	if (value)
 		*value = i;
-	*out = arena_printf(req, "%" PRId64, i);
+	*out = lg_req_printf(req, "%" PRId64, i);
 	if (!*out)
 		reply_oom(req);
 	return *out != NULL;
@@ -2397,7 +2363,7 @@ static bool body_seconds_ms(struct lg_req *req, const json_t *body, const char *
 					TIMEOUT_S_MAX);
 		return false;
 	}
-	*out = arena_printf(req, "%lld", (long long)(d * 1000 + 0.5));
+	*out = lg_req_printf(req, "%lld", (long long)(d * 1000 + 0.5));
 	if (!*out)
 		reply_oom(req);
 	return *out != NULL;
@@ -2470,7 +2436,7 @@ static struct admin *admin_new(struct lg_req *req, void *ud, enum admin_op op)
 	a->req = req;
 	a->op = op;
 	if (who && who->user_id) {
-		a->user_id = arena_printf(req, "%" PRId64, who->user_id);
+		a->user_id = lg_req_printf(req, "%" PRId64, who->user_id);
 		if (!a->user_id) {
 			reply_oom(req);
 			return NULL;
@@ -2623,7 +2589,7 @@ static const char router_delete_sql[] =
 
 static const char *id_text(struct admin *a, int64_t id)
 {
-	return arena_printf(a->req, "%" PRId64, id);
+	return lg_req_printf(a->req, "%" PRId64, id);
 }
 
 static void router_not_found(struct admin *a)
@@ -2662,7 +2628,7 @@ static void aliases_conflict(struct admin *a, const PGresult *res)
 static const char *router_conflict_text(struct admin *a)
 {
 	if (a->r.name)
-		return arena_printf(a->req, "Router %s already exists.", a->r.name);
+		return lg_req_printf(a->req, "Router %s already exists.", a->r.name);
 	return "Following aliases already exist.";
 }
 
@@ -3125,7 +3091,7 @@ static void provider_not_found(struct admin *a)
 
 static const char *provider_conflict_text(struct admin *a)
 {
-	return arena_printf(a->req, "Model provider %s for url %s already exists for router %"
+	return lg_req_printf(a->req, "Model provider %s for url %s already exists for router %"
 			    PRId64 ".", a->p.model_name, a->p.url, a->p.router);
 }
 

@@ -109,18 +109,6 @@ static void sb_option_word(struct sbuf *b, const char *s)
 	}
 }
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) LG_PRINTF(3, 4);
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || !errlen)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
 static uint64_t now_ms(void)
 {
 	struct timespec ts;
@@ -305,7 +293,7 @@ static PQconninfoOption *parse_url(const char *url, const struct pg_target *t, c
 	clean_message(msg, sizeof msg, errmsg ? errmsg : "out of memory", t);
 	if (errmsg)
 		PQfreemem(errmsg);
-	set_err(err, errlen, "invalid PostgreSQL URL: %s", msg);
+	lg_errf(err, errlen, "invalid PostgreSQL URL: %s", msg);
 	return NULL;
 }
 
@@ -332,7 +320,7 @@ static int build_options(const struct lg_pg_config *cfg, const char *existing, s
 		sb_str(opt, existing);
 	for (; s && s[0]; s += 2) {
 		if (!valid_setting_name(s[0]) || !s[1]) {
-			set_err(err, errlen, "invalid PostgreSQL server setting \"%s\"",
+			lg_errf(err, errlen, "invalid PostgreSQL server setting \"%s\"",
 				s[0] ? s[0] : "");
 			return -1;
 		}
@@ -396,7 +384,7 @@ static int build_conninfo(const struct lg_pg_config *cfg, const char *url,
 	if (!opt_value(opts, "tcp_user_timeout"))
 		sb_param(&b, "tcp_user_timeout", "60000");
 	if (b.failed || opt.failed) {
-		set_err(err, errlen, "out of memory");
+		lg_errf(err, errlen, "out of memory");
 		goto cleanup;
 	}
 	t->conninfo = b.s;
@@ -418,12 +406,12 @@ static int target_init(const struct lg_pg_config *cfg, struct pg_target *t, char
 
 	memset(t, 0, sizeof *t);
 	if (!cfg || !cfg->url || !*cfg->url) {
-		set_err(err, errlen, "no PostgreSQL URL configured");
+		lg_errf(err, errlen, "no PostgreSQL URL configured");
 		return -1;
 	}
 	url = normalise_url(cfg->url);
 	if (!url) {
-		set_err(err, errlen, "unsupported PostgreSQL URL: expected postgresql://, "
+		lg_errf(err, errlen, "unsupported PostgreSQL URL: expected postgresql://, "
 			"postgres:// or postgresql+asyncpg://");
 		return -1;
 	}
@@ -444,7 +432,7 @@ static int target_init(const struct lg_pg_config *cfg, struct pg_target *t, char
 	ret = 0;
 	goto cleanup;
 oom:
-	set_err(err, errlen, "out of memory");
+	lg_errf(err, errlen, "out of memory");
 cleanup:
 	if (opts)
 		PQconninfoFree(opts);
@@ -518,7 +506,7 @@ static PGconn *connect_with_retry(const struct pg_target *t, uint32_t retry_ms, 
 
 		conn = PQconnectdb(t->conninfo);
 		if (!conn) {
-			set_err(err, errlen, "cannot connect to PostgreSQL at %s: out of memory",
+			lg_errf(err, errlen, "cannot connect to PostgreSQL at %s: out of memory",
 				t->where);
 			return NULL;
 		}
@@ -535,7 +523,7 @@ static PGconn *connect_with_retry(const struct pg_target *t, uint32_t retry_ms, 
 		if (now >= deadline) {
 			lg_warn(LOG_COMP, "cannot connect to PostgreSQL at %s (attempt %d, giving up): %s",
 				t->where, attempt, msg);
-			set_err(err, errlen, "cannot connect to PostgreSQL at %s: %s", t->where, msg);
+			lg_errf(err, errlen, "cannot connect to PostgreSQL at %s: %s", t->where, msg);
 			return NULL;
 		}
 		wait = deadline - now < backoff ? deadline - now : backoff;
@@ -888,22 +876,22 @@ PGresult *lg_pg_query_sync(struct lg_pg *pg, const char *sql, int nparams,
 	PGresult *res = NULL;
 
 	if (!pg || !valid_query(sql, nparams, params)) {
-		set_err(err, errlen, "invalid query");
+		lg_errf(err, errlen, "invalid query");
 		return NULL;
 	}
 	q = query_new(sql, nparams, params);
 	if (!q) {
-		set_err(err, errlen, "out of memory");
+		lg_errf(err, errlen, "out of memory");
 		return NULL;
 	}
 	if (pthread_cond_init(&wait.cond, NULL) != 0) {
-		set_err(err, errlen, "cannot create a condition variable");
+		lg_errf(err, errlen, "cannot create a condition variable");
 		query_free(q);
 		return NULL;
 	}
 	q->wait = &wait;
 	if (enqueue(pg, q) != 0) {
-		set_err(err, errlen, "the database pool is stopping");
+		lg_errf(err, errlen, "the database pool is stopping");
 		goto cleanup;
 	}
 	pthread_mutex_lock(&pg->lock);
@@ -911,7 +899,7 @@ PGresult *lg_pg_query_sync(struct lg_pg *pg, const char *sql, int nparams,
 		pthread_cond_wait(&wait.cond, &pg->lock);
 	pthread_mutex_unlock(&pg->lock);
 	if (q->error) {
-		set_err(err, errlen, "%s", q->error);
+		lg_errf(err, errlen, "%s", q->error);
 	} else {
 		res = q->res;
 		q->res = NULL;
@@ -1316,24 +1304,24 @@ struct lg_pg *lg_pg_start(const struct lg_pg_config *cfg, char *err, size_t errl
 	struct lg_pg *pg;
 
 	if (!cfg || cfg->pool_size < 1 || cfg->pool_size > MAX_POOL_SIZE) {
-		set_err(err, errlen, "PostgreSQL pool_size must be between 1 and %d", MAX_POOL_SIZE);
+		lg_errf(err, errlen, "PostgreSQL pool_size must be between 1 and %d", MAX_POOL_SIZE);
 		return NULL;
 	}
 	pg = calloc(1, sizeof *pg);
 	if (!pg) {
-		set_err(err, errlen, "out of memory");
+		lg_errf(err, errlen, "out of memory");
 		return NULL;
 	}
 	if (target_init(cfg, &pg->target, err, errlen) != 0)
 		goto fail_free;
 	if (pool_init_sync(pg) != 0) {
-		set_err(err, errlen, "cannot create the pool's lock");
+		lg_errf(err, errlen, "cannot create the pool's lock");
 		goto fail_target;
 	}
 	pg->nworkers = cfg->pool_size;
 	pg->workers = calloc((size_t)pg->nworkers, sizeof *pg->workers);
 	if (!pg->workers) {
-		set_err(err, errlen, "out of memory");
+		lg_errf(err, errlen, "out of memory");
 		goto fail_pool;
 	}
 	if (pool_connect(pg, cfg->connect_retry_ms, err, errlen) != 0)
@@ -1345,7 +1333,7 @@ struct lg_pg *lg_pg_start(const struct lg_pg_config *cfg, char *err, size_t errl
 		w->pg = pg;
 		w->index = i;
 		if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
-			set_err(err, errlen, "cannot start a database thread");
+			lg_errf(err, errlen, "cannot start a database thread");
 			pool_join(pg);
 			goto fail_pool;
 		}

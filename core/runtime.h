@@ -145,6 +145,7 @@ void lg_req_run_phase(struct lg_req *req, enum lg_phase phase, lg_phase_done_fn 
 
 void *lg_req_alloc(struct lg_req *req, size_t size);
 char *lg_req_strdup(struct lg_req *req, const char *s);
+char *lg_req_printf(struct lg_req *req, const char *fmt, ...) LG_PRINTF(2, 3);
 void lg_req_arena_free(struct lg_req *req);
 
 uint64_t lg_now_ns(void);

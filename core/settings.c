@@ -22,6 +22,7 @@
  * makes the bind fail with a message naming the key.
  */
 #include "config.h"
+#include "log.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -66,19 +67,6 @@ static void verr_set(struct verr *e, int line, const char *fmt, ...)
 	e->line = line;
 	va_start(ap, fmt);
 	vsnprintf(e->msg, sizeof e->msg, fmt, ap);
-	va_end(ap);
-}
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) LG_PRINTF(3, 4);
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || errlen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
 	va_end(ap);
 }
 
@@ -579,23 +567,23 @@ static int check_table(const char *section, const struct lg_setting *table, size
 		const struct lg_setting *st = &table[i];
 
 		if (!valid_key(st->key)) {
-			set_err(err, errlen, "%s: settings table entry %zu: invalid key '%s'",
+			lg_errf(err, errlen, "%s: settings table entry %zu: invalid key '%s'",
 				section, i, st->key ? st->key : "(null)");
 			return -EINVAL;
 		}
 		if (st->type < LG_SETTING_STRING || st->type > LG_SETTING_SIZE) {
-			set_err(err, errlen, "%s.%s: settings table: unknown type %d", section,
+			lg_errf(err, errlen, "%s.%s: settings table: unknown type %d", section,
 				st->key, (int)st->type);
 			return -EINVAL;
 		}
 		if (is_bounded(st) && !(st->min <= st->max)) {
-			set_err(err, errlen, "%s.%s: settings table: min is above max", section,
+			lg_errf(err, errlen, "%s.%s: settings table: min is above max", section,
 				st->key);
 			return -EINVAL;
 		}
 		for (size_t j = 0; j < i; j++) {
 			if (strcmp(table[j].key, st->key) == 0) {
-				set_err(err, errlen, "%s.%s: settings table: key listed twice",
+				lg_errf(err, errlen, "%s.%s: settings table: key listed twice",
 					section, st->key);
 				return -EINVAL;
 			}
@@ -633,10 +621,10 @@ static void unknown_key(const char *file, const char *section, const struct lg_n
 		used += (size_t)w;
 	}
 	if (n == 0)
-		set_err(err, errlen, "%s:%d: %s.%s: unknown key (this section takes no settings)",
+		lg_errf(err, errlen, "%s:%d: %s.%s: unknown key (this section takes no settings)",
 			file, map->key_lines[k], section, map->keys[k]);
 	else
-		set_err(err, errlen, "%s:%d: %s.%s: unknown key (known: %s)", file,
+		lg_errf(err, errlen, "%s:%d: %s.%s: unknown key (known: %s)", file,
 			map->key_lines[k], section, map->keys[k], known);
 }
 
@@ -680,14 +668,14 @@ static int bind_present(const char *file, const char *section, const struct lg_n
 		if (r == -ENOMEM)
 			goto nomem;
 		if (r) {
-			set_err(err, errlen, "%s:%d: %s.%s: %s", file, e.line, section, st->key,
+			lg_errf(err, errlen, "%s:%d: %s.%s: %s", file, e.line, section, st->key,
 				e.msg);
 			return -EINVAL;
 		}
 	}
 	return 0;
 nomem:
-	set_err(err, errlen, "%s: out of memory", file);
+	lg_errf(err, errlen, "%s: out of memory", file);
 	return -ENOMEM;
 }
 
@@ -708,11 +696,11 @@ static int bind_absent(const char *file, const char *section, const struct lg_no
 		if (st->def && st->def[0]) {
 			r = bind_default(st, &s->v[i], &e);
 			if (r == -ENOMEM) {
-				set_err(err, errlen, "%s: out of memory", file);
+				lg_errf(err, errlen, "%s: out of memory", file);
 				return r;
 			}
 			if (r) {
-				set_err(err, errlen, "%s.%s: the built-in default '%s' is invalid "
+				lg_errf(err, errlen, "%s.%s: the built-in default '%s' is invalid "
 					"(%s): a bug in the settings table", section, st->key,
 					is_secret(st) ? "<redacted>" : st->def, e.msg);
 				return -EINVAL;
@@ -722,10 +710,10 @@ static int bind_absent(const char *file, const char *section, const struct lg_no
 		if (!(st->flags & LG_SETTING_REQUIRED))
 			continue;
 		if (given)
-			set_err(err, errlen, "%s:%d: %s.%s: required, but the value is empty",
+			lg_errf(err, errlen, "%s:%d: %s.%s: required, but the value is empty",
 				file, given->line, section, st->key);
 		else
-			set_err(err, errlen, "%s:%d: %s.%s: required", file, map ? map->line : 0,
+			lg_errf(err, errlen, "%s:%d: %s.%s: required", file, map ? map->line : 0,
 				section, st->key);
 		return -EINVAL;
 	}
@@ -744,14 +732,14 @@ int lg_settings_bind(const char *file, const char *section, const struct lg_node
 	if (r)
 		return r;
 	if (map && map->kind != LG_NODE_MAP && map->kind != LG_NODE_NULL) {
-		set_err(err, errlen, "%s:%d: %s: expected a map of settings (key: value), got %s",
+		lg_errf(err, errlen, "%s:%d: %s: expected a map of settings (key: value), got %s",
 			file, map->line, section, map->kind == LG_NODE_SEQ ? "a list" :
 			"a single value");
 		return -EINVAL;
 	}
 	s = settings_new(table, n);
 	if (!s) {
-		set_err(err, errlen, "%s: out of memory", file);
+		lg_errf(err, errlen, "%s: out of memory", file);
 		return -ENOMEM;
 	}
 	if (map && map->kind == LG_NODE_MAP) {
