@@ -73,6 +73,7 @@
  */
 #include "forward.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -590,8 +591,9 @@ static int read_json_body(struct fwd *f)
 	max = lg_json_find(m, n, "max_completion_tokens");
 	if (!max || max->type != LG_JSON_NUMBER)
 		max = lg_json_find(m, n, "max_tokens");
+	/* A negative value is as good as none (hooks reserve budget from it). */
 	f->call.max_tokens = max && max->type == LG_JSON_NUMBER &&
-			     lg_json_int(max->value, max->value_len, &v) ? v : -1;
+			     lg_json_int(max->value, max->value_len, &v) && v >= 0 ? v : -1;
 	for (size_t i = 0; i < LG_COUNT(f->ep->prompt) && f->ep->prompt[i]; i++) {
 		const struct lg_json_member *p = lg_json_find(m, n, f->ep->prompt[i]);
 
@@ -1005,6 +1007,25 @@ static int error_of(const struct lg_json_member *m, size_t n, int dflt, char *ms
 
 /* The failure of a non-2xx upstream reply: its status, and its message
  * (error.message or detail of a JSON body, else the raw body). */
+/* Masks what looks like a credential ("sk-...", "Bearer ...") in a message
+ * that goes back to the client: providers quote the key they were given. */
+static void redact_keys(char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		size_t skip = 0;
+
+		if (len - i > 3 && memcmp(s + i, "sk-", 3) == 0)
+			skip = 3;
+		else if (len - i > 7 && strncasecmp(s + i, "Bearer ", 7) == 0)
+			skip = 7;
+		if (!skip)
+			continue;
+		for (i += skip; i < len && (isalnum((unsigned char)s[i]) || s[i] == '-' ||
+					    s[i] == '_' || s[i] == '.' || s[i] == '*'); i++)
+			s[i] = '*';
+	}
+}
+
 static void fail_with_body(struct fwd *f, int status, const char *body, size_t len)
 {
 	struct lg_json_member *m;
@@ -1019,10 +1040,18 @@ static void fail_with_body(struct fwd *f, int status, const char *body, size_t l
 		fail_msg(f, FAIL_REPLY, 502, msg);
 		return;
 	}
+	if (status == 401 || status == 403 || status == 407) {
+		/* The provider refused llmgate's own credentials: that is not the
+		 * client's key, and the provider's words may quote ours. */
+		snprintf(msg, sizeof msg, "The provider refused llmgate's credentials (%d).", status);
+		fail_msg(f, FAIL_REPLY, 502, msg);
+		return;
+	}
 	if (len && scan_object(f, body, len, len, &m, &n, &type, err, sizeof err) == 0 &&
 	    type == LG_JSON_OBJECT) {
 		(void)error_of(m, n, status, msg, sizeof msg);
 		if (msg[0]) {
+			redact_keys(msg, strlen(msg));
 			fail_attempt(f, FAIL_STATUS, status, msg, strlen(msg));
 			return;
 		}
@@ -1032,7 +1061,11 @@ static void fail_with_body(struct fwd *f, int status, const char *body, size_t l
 		fail_attempt(f, FAIL_STATUS, status, msg, strlen(msg));
 		return;
 	}
-	fail_attempt(f, FAIL_STATUS, status, body, len);
+	n = len < DETAIL_MAX ? len : DETAIL_MAX;
+	memcpy(msg, body, n);
+	msg[n] = '\0';
+	redact_keys(msg, n);
+	fail_attempt(f, FAIL_STATUS, status, msg, n);
 }
 
 /* ---- the client's stream ---- */
@@ -2254,6 +2287,10 @@ static void resolve_model(struct fwd *f)
 		answer_error(req, 503, "Out of memory, please try again later.");
 		return;
 	}
+	/* A client that left while an AUTH hook was pending was notified before
+	 * this watch existed. */
+	if (lg_exchange_client_gone(req->ex))
+		f->client_gone = true;
 	start_call(f);
 }
 

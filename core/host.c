@@ -305,6 +305,12 @@ static int h_db_query_sync(struct lg_plugin *self, const char *sql, int nparams,
 		err = local;
 		errlen = sizeof local;
 	}
+	/* A worker that blocks on the database stalls every request it holds. */
+	if (lg_loop_current() && lg_loop_current() != self->rt->main_loop) {
+		snprintf(err, errlen, "db_query_sync on a worker: use db_query");
+		lg_error(self->name, "db_query_sync called on a worker: refused, use db_query");
+		return -EPERM;
+	}
 	if (atomic_load(&self->rt->closing)) {
 		snprintf(err, errlen, "llmgate is shutting down");
 		return -ESHUTDOWN;
@@ -631,6 +637,28 @@ static struct lg_fetch *h_fetch(struct lg_plugin *self, const struct lg_fetch_re
 	return lg_fetch_start(f, rq, h, arg);
 }
 
+/* ---- the server ---- */
+
+static bool loopback_host(const char *addr)
+{
+	size_t hostlen = addr[0] == '[' ? strcspn(addr, "]") + 1 : strcspn(addr, ":");
+
+	if (strncmp(addr, "127.", 4) == 0 && hostlen > 4)
+		return true;
+	return (hostlen == 5 && strncmp(addr, "[::1]", 5) == 0) ||
+	       (hostlen == 9 && strncmp(addr, "localhost", 9) == 0);
+}
+
+static bool h_server_exposed(struct lg_plugin *self)
+{
+	const struct lg_core_config *cfg = self->rt->cfg;
+
+	for (size_t i = 0; i < cfg->n_listen; i++)
+		if (!loopback_host(cfg->listen[i]))
+			return true;
+	return false;
+}
+
 /* ---- request memory ---- */
 
 struct lg_arena_chunk {
@@ -757,4 +785,5 @@ const struct lg_host lg_host_api = {
 	.fetch_cancel = lg_fetch_cancel,
 	.fetch_pause = lg_fetch_pause,
 	.fetch_header = lg_fetch_header,
+	.server_exposed = h_server_exposed,
 };

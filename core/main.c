@@ -414,8 +414,14 @@ static void startup_done(void *arg)
 	struct lg_pg *pg = atomic_load(&app->rt.pg);
 	char err[1024];
 
+	/* Teardown may have joined the thread already (shutdown during
+	 * start-up); then this message runs as the main loop is freed. */
+	if (!app->startup_running)
+		return;
 	pthread_join(app->startup_thread, NULL);
 	app->startup_running = false;
+	if (atomic_load(&app->rt.draining))
+		return;
 	if (!pg) {
 		lg_error("core", "%s", app->startup_err);
 		app->exit_code = 1;
@@ -591,6 +597,9 @@ static void serve_teardown(struct app *app)
 	}
 	if (app->rt.models)
 		lg_models_stop(app->rt.models);
+	/* Requests still open past the drain deadline end first, while plugins,
+	 * the database and the pool still serve their COMPLETE hooks. */
+	lg_server_close_exchanges(&app->rt);
 	lg_plugins_stop(&app->rt);
 	/* From here on plugins get -ESHUTDOWN for new database and pool work;
 	 * once every worker has synchronised, none is still inside such a call.

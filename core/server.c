@@ -471,24 +471,47 @@ void lg_server_sync(struct lg_runtime *rt)
 			lg_error("core", "worker %d: cannot synchronise", w);
 }
 
-/* Runs on the worker: close what is left, then leave the loop. */
-static void worker_shutdown(void *arg)
+/* Runs on the worker: end every exchange while the rest of the process
+ * (plugins, database, pool) still works, so that their COMPLETE hooks and
+ * accounting run. Outbound transfers go first: their on_done reaches
+ * requests that are still alive. */
+static void worker_close(void *arg)
 {
 	struct lg_worker *wk = arg;
 
 	close_listeners(wk);
+	if (wk->fetcher) {
+		lg_loop_set_fetcher(wk->loop, NULL);
+		lg_fetcher_free(wk->fetcher);
+		wk->fetcher = NULL;
+	}
 	for (size_t a = 0; wk->httpds && a < wk->srv->naddrs; a++) {
 		if (wk->httpds[a])
 			lg_httpd_free(wk->httpds[a]);
 		wk->httpds[a] = NULL;
 	}
-	if (wk->fetcher)
-		lg_fetcher_free(wk->fetcher);
-	wk->fetcher = NULL;
-	if (wk->loop) {
-		lg_loop_set_fetcher(wk->loop, NULL);
-		lg_loop_stop(wk->loop);
+}
+
+static void worker_stop(void *arg)
+{
+	struct lg_worker *wk = arg;
+
+	lg_loop_stop(wk->loop);
+}
+
+void lg_server_close_exchanges(struct lg_runtime *rt)
+{
+	struct lg_server *srv = rt->server;
+
+	for (int w = 0; srv && w < srv->nworkers; w++) {
+		struct lg_worker *wk = &srv->workers[w];
+
+		if (!wk->running)
+			worker_close(wk);
+		else if (lg_loop_post(wk->loop, worker_close, wk) != 0)
+			lg_error("core", "worker %d: cannot post the close of its exchanges", w);
 	}
+	lg_server_sync(rt);
 }
 
 void lg_server_free(struct lg_runtime *rt)
@@ -501,12 +524,13 @@ void lg_server_free(struct lg_runtime *rt)
 		struct lg_worker *wk = &srv->workers[w];
 
 		if (wk->running) {
-			if (lg_loop_post(wk->loop, worker_shutdown, wk) == 0)
+			if (lg_loop_post(wk->loop, worker_close, wk) == 0 &&
+			    lg_loop_post(wk->loop, worker_stop, wk) == 0)
 				pthread_join(wk->thread, NULL);
 			else
 				lg_error("core", "worker %d: cannot post shutdown", w);
 		} else {
-			worker_shutdown(wk);
+			worker_close(wk);
 		}
 		lg_loop_free(wk->loop);
 		free(wk->fds);

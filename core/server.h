@@ -23,6 +23,9 @@ size_t lg_server_busy(struct lg_runtime *rt);
 /* Returns once every worker has run what was posted to it before: a
  * worker that was in a host call with old state has left it. Thread: main. */
 void lg_server_sync(struct lg_runtime *rt);
+/* Ends every exchange still open (their close callbacks run) and frees the
+ * workers' HTTP clients, while the workers keep running. Thread: main. */
+void lg_server_close_exchanges(struct lg_runtime *rt);
 /* Closes what is left, stops and joins the workers, frees. Thread: main. */
 void lg_server_free(struct lg_runtime *rt);
 

@@ -11,6 +11,8 @@
 
 #include <llmgate/host.h>
 
+#define MASTER_KEY_MIN 24   /* characters, beyond loopback */
+
 struct auth {
 	const struct lg_host *host;
 	struct lg_plugin *self;
@@ -65,6 +67,16 @@ static int auth_init(struct lg_plugin *self, const struct lg_host *host)
 	a->host = host;
 	a->self = self;
 	if (host->cfg_str(self, "master_key", &master) == 0 && master && *master) {
+		/* A guessable key is tolerable on loopback (the embedded default),
+		 * never where others can reach the server. */
+		if (host->server_exposed(self) &&
+		    (strcmp(master, "changeme") == 0 || strlen(master) < MASTER_KEY_MIN)) {
+			host->set_error(self, "master_key is the default or shorter than %d "
+					"characters, and server.listen reaches beyond loopback: set a "
+					"long random master_key", MASTER_KEY_MIN);
+			free(a);
+			return -EPERM;
+		}
 		key_hash(master, strlen(master), a->master_hash);
 		a->has_master = true;
 	}

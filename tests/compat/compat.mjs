@@ -170,7 +170,7 @@ async function checkStream(client, cfg, plainUsage) {
 	expectEqual(bare.content, REPLY, 'stream without stream_options: content');
 	expectEqual(bare.finish, 'stop', 'stream without stream_options: finish_reason');
 
-	// The helper that assembles a whole completion from a stream.
+	// The client's stream runner, which assembles a whole completion.
 	const runner = client.chat.completions.stream({ model: cfg.chat, messages });
 	let deltas = '';
 	runner.on('content', (delta) => { deltas += delta; });

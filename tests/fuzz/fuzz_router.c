@@ -174,9 +174,13 @@ static void match_one(const struct lg_router *r, const char *method, const char 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct lg_router *r = make_router();
-	char *text = strndup((const char *)data, size), *req = text, *method, *path;
+	/* Not strndup: the input is not NUL-terminated, and strict string
+	 * checks (ASan) read a strndup source up to its NUL. */
+	char *text = malloc(size + 1), *req = text, *method, *path;
 
 	FUZZ_CHECK(text != NULL);
+	memcpy(text, data, size);
+	text[size] = '\0';
 	if (text[0] == '+') {
 		char *nl = strchr(text, '\n'), *pm, *pp;
 

@@ -42,6 +42,22 @@ class MasterKey(unittest.TestCase):
             r = g.request("GET", "/good/admin", headers={"Authorization": "Bearer changeme"})
             self.assertEqual(r.status, 401)
 
+    def test_default_master_key_refused_beyond_loopback(self):
+        for key in ("changeme", "short-key"):
+            cfg = {"plugins": {"auth": {"master_key": key}},
+                   "server": {"listen": ["0.0.0.0:0"]}}
+            r = lgtest.run_llmgate(["--check"], config=cfg, pg=self.pg)
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn("set a long random master_key", r.stderr)
+            self.assertNotIn(key, r.stderr)
+        # On loopback the default is accepted (the embedded default).
+        cfg = {"plugins": {"auth": {"master_key": "changeme"}},
+               "server": {"listen": ["127.0.0.1:0", "[::1]:0"]}}
+        r = lgtest.run_llmgate(["--check"], config=cfg, pg=self.pg)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        cfg = {"plugins": {"auth": {"master_key": "x" * 40}}, "server": {"listen": ["0.0.0.0:0"]}}
+        self.assertEqual(lgtest.run_llmgate(["--check"], config=cfg, pg=self.pg).returncode, 0)
+
 
 if __name__ == "__main__":
     lgtest.main()

@@ -445,6 +445,31 @@ class Forwarding(GatewayCase):
             self.assertIn("400", c["error"])
             self.assertEqual(c["total_tokens"], 0)
 
+    def test_provider_credentials_never_reach_the_client(self):
+        # A refusal of llmgate's own key is not the client's problem, and the
+        # provider's words quote that key.
+        self.settle("f4xx")
+        self.fault("status", status=401, body={"error": {
+            "message": "Incorrect API key provided: sk-proj-Abc123secret456", "code": 401}})
+        r = self.post(chat_body("f4xx"))
+        self.assertEqual(r.status, 502, r.body)
+        self.assertNotIn(b"Abc123secret456", r.body)
+        self.assertIn("credentials", r.json()["detail"])
+        # Any other message passed through is scrubbed of key-like words.
+        self.settle("f4xx")
+        self.fault("status", status=400, body={"error": {
+            "message": "bad request for key sk-proj-Abc123secret456 and Bearer tok.en-9", "code": 400}})
+        r = self.post(chat_body("f4xx"))
+        self.assertEqual(r.status, 400, r.body)
+        self.assertNotIn(b"Abc123secret456", r.body)
+        self.assertNotIn(b"tok.en-9", r.body)
+        self.assertIn("bad request for key sk-", r.json()["detail"])
+        self.settle("fraw")
+        self.fault("status", status=404, body="nothing for sk-live-ZZZ999zzz", content_type="text/plain")
+        r = self.post(chat_body("fraw"))
+        self.assertEqual(r.status, 404)
+        self.assertNotIn(b"ZZZ999zzz", r.body)
+
     def test_upstream_raw_error_body_is_the_detail(self):
         self.fault("status", status=404, body="no such thing", content_type="text/plain")
         r = self.post(chat_body("fraw"))

@@ -120,7 +120,7 @@ class OpenAIClient(unittest.TestCase):
                          (p.stdout[-4000:], log[-4000:]))
         self.assertIn("all checks passed", p.stdout)
         # The calls really crossed the gateway to the upstream, once each
-        # (four chat calls: plain, two streams, the stream helper; the
+        # (four chat calls: plain, two streams, the stream runner; the
         # embeddings model on the upstream is called once, in float).
         by_path = stats.get("by_path", {})
         self.assertEqual(by_path.get("/v1/chat/completions"), 4, stats)

@@ -128,7 +128,7 @@ struct lg_host {
 	 * threads only (never a worker; the database is not connected during
 	 * init(), which only registers). Ownership: *out is the caller's; free
 	 * it with PQclear(). On error *out is NULL and @err (if not NULL)
-	 * receives the message. Thread: main or work pool. */
+	 * receives the message; -EPERM on a worker. Thread: main or work pool. */
 	int (*db_query_sync)(struct lg_plugin *self, const char *sql, int nparams,
 			     const char *const *params, PGresult **out,
 			     char *err, size_t errlen);
@@ -217,6 +217,12 @@ struct lg_host {
 	/** fetch_header() - a header of the reply, from on_head until on_done
 	 * returns, or NULL. Ownership: borrowed. Thread: the fetch's loop. */
 	const char *(*fetch_header)(struct lg_fetch *f, const char *name);
+
+	/* ---- the server ---- */
+
+	/** server_exposed() - whether some server.listen address is not a
+	 * loopback one (so default secrets must be refused). Thread: any. */
+	bool (*server_exposed)(struct lg_plugin *self);
 
 	/* 1.1+ members go below, never above */
 };
