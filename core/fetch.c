@@ -31,6 +31,7 @@
 
 #include "log.h"
 
+#define FETCH_MAX_IDLE_CONNS 1024 /* idle upstream connections kept per loop */
 #define COMPONENT "fetch"
 
 /* Idle lg_fetch objects (each with its easy handle) kept per fetcher. */
@@ -924,6 +925,8 @@ static int set_options(struct lg_fetch *fe, const struct lg_fetch_request *rq,
 	SETOPT(e, CURLOPT_URL, rq->url);
 	/* "" skips the proxy environment lookups on every transfer. */
 	SETOPT(e, CURLOPT_PROXY, "");
+	/* With no proxy, also skip reading no_proxy from the environment. */
+	SETOPT(e, CURLOPT_NOPROXY, "*");
 	SETOPT(e, CURLOPT_NOSIGNAL, 1L);
 	/* A transfer ended while its name is still being resolved leaves the
 	 * resolver thread to clean up after itself, instead of curl joining
@@ -1148,7 +1151,10 @@ static int multi_setup(struct lg_fetcher *f)
 	if (curl_multi_setopt(f->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket) != CURLM_OK ||
 	    curl_multi_setopt(f->multi, CURLMOPT_SOCKETDATA, f) != CURLM_OK ||
 	    curl_multi_setopt(f->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer) != CURLM_OK ||
-	    curl_multi_setopt(f->multi, CURLMOPT_TIMERDATA, f) != CURLM_OK) {
+	    curl_multi_setopt(f->multi, CURLMOPT_TIMERDATA, f) != CURLM_OK ||
+	    /* curl's default cache holds few idle connections; under load a
+	     * new upstream connection per call costs more than the call. */
+	    curl_multi_setopt(f->multi, CURLMOPT_MAXCONNECTS, (long)FETCH_MAX_IDLE_CONNS) != CURLM_OK) {
 		lg_error(COMPONENT, "curl_multi_setopt failed");
 		return -1;
 	}
