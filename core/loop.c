@@ -116,6 +116,11 @@ void lg_loop_free(struct lg_loop *loop)
 	free(loop);
 }
 
+void lg_loop_run_posted(struct lg_loop *loop)
+{
+	drain_mail(loop);
+}
+
 struct event_base *lg_loop_base(struct lg_loop *loop) { return loop->base; }
 const char *lg_loop_name(struct lg_loop *loop) { return loop->name; }
 void lg_loop_bind_thread(struct lg_loop *loop) { current_loop = loop; }

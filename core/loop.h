@@ -31,6 +31,11 @@ struct lg_fetcher;
 void lg_loop_set_fetcher(struct lg_loop *loop, struct lg_fetcher *f);
 struct lg_fetcher *lg_loop_fetcher(struct lg_loop *loop);
 
+/* Runs what is posted to @loop now, on the calling thread (the owner,
+ * with the loop stopped): at shutdown, before what the callbacks use is
+ * freed. */
+void lg_loop_run_posted(struct lg_loop *loop);
+
 /* Runs @fn(@arg) on @loop's thread soon. Thread: any. 0 or -ENOMEM. */
 int lg_loop_post(struct lg_loop *loop, lg_loop_fn fn, void *arg);
 

@@ -614,6 +614,9 @@ static void serve_teardown(struct app *app)
 	if (pg)
 		lg_pg_stop(pg);
 	lg_server_free(&app->rt);
+	/* Database results and work completions posted to the main loop
+	 * belong to plugins: they run before the plugins are finalised. */
+	lg_loop_run_posted(app->rt.main_loop);
 	lg_models_free(app->rt.models);
 	app->rt.models = NULL;
 	lg_plugins_fini(&app->rt);

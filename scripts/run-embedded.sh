@@ -52,6 +52,8 @@ server:
 plugins:
   auth:
     master_key: \${LLMGATE_MASTER_KEY:-changeme}
+  usage:
+    journal_dir: $run/journal
   mock: {}
 dependencies:
   postgres:

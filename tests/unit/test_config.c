@@ -989,10 +989,11 @@ static void test_core_example_file(void **state)
 		fail_msg("%s", err);
 	free(path);
 	assert_int_equal(lg_core_config_build(doc, &cfg, err, sizeof err), 0);
-	assert_int_equal(cfg->n_plugins, 3);
+	assert_int_equal(cfg->n_plugins, 4);
 	assert_string_equal(cfg->plugins[0].name, "auth");
-	assert_string_equal(cfg->plugins[1].name, "openai");
-	assert_string_equal(cfg->plugins[2].name, "mock");
+	assert_string_equal(cfg->plugins[1].name, "usage");
+	assert_string_equal(cfg->plugins[2].name, "openai");
+	assert_string_equal(cfg->plugins[3].name, "mock");
 	assert_non_null(cfg->models);
 	lg_core_config_free(cfg);
 }
