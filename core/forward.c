@@ -1070,7 +1070,7 @@ static void fail_with_body(struct fwd *f, int status, const char *body, size_t l
 
 /* ---- the client's stream ---- */
 
-static int client_write(struct fwd *f, const char *data, size_t len)
+static int client_send(struct fwd *f, const char *data, size_t len)
 {
 	long queued = lg_exchange_stream_write(f->req->ex, data, len);
 
@@ -1082,6 +1082,26 @@ static int client_write(struct fwd *f, const char *data, size_t len)
 	if ((size_t)queued > STREAM_HIGH_WATER && f->up && f->up->fetch)
 		f->want_pause = true;
 	return 0;
+}
+
+/* The events of one piece from the upstream are gathered in f->out and
+ * sent with one write (nginx-like: one syscall per piece, not per event);
+ * anything else written first sends what is gathered, to keep the order. */
+static int flush_events(struct fwd *f)
+{
+	int rc = 0;
+
+	if (f->out.len)
+		rc = client_send(f, f->out.p, f->out.len);
+	f->out.len = 0;
+	return rc;
+}
+
+static int client_write(struct fwd *f, const char *data, size_t len)
+{
+	if (flush_events(f) < 0)
+		return -1;
+	return client_send(f, data, len);
 }
 
 static void on_drain(struct lg_req *req, void *arg)
@@ -1196,11 +1216,10 @@ static int relay_event(struct fwd *f, const char *data, size_t len, bool error_e
 	editor_init(&ed, data, len, n);
 	editor_set(&ed, data, m, n, "model", LIT("\"model\":"), f->client_model_tok);
 	editor_set(&ed, data, m, n, "id", LIT("\"id\":"), f->rid_tok);
-	f->out.len = 0;
 	if (buf_str(&f->out, "data: ") < 0 || editor_apply(&ed, &f->out, data, len) < 0 ||
 	    buf_str(&f->out, "\n\n") < 0)
 		return stream_problem(f, FAIL_REPLY, 502, "Out of memory relaying the stream.");
-	return client_write(f, f->out.p, f->out.len);
+	return 0;
 }
 
 static int dispatch_event(struct fwd *f)
@@ -1284,6 +1303,8 @@ static int sse_feed(struct fwd *f, const char *data, size_t len)
 		f->in.len -= f->pos;
 		f->pos = 0;
 	}
+	if (flush_events(f) < 0)
+		return -1;
 	if (f->want_pause) {
 		f->paused = true;
 		return 1;
@@ -1304,7 +1325,9 @@ static int sse_flush(struct fwd *f)
 		if (sse_line(f, line, llen) < 0)
 			return -1;
 	}
-	return dispatch_event(f);
+	if (dispatch_event(f) < 0)
+		return -1;
+	return flush_events(f);
 }
 
 /* ---- the upstream's callbacks ---- */
