@@ -41,96 +41,10 @@ def provider(up, model_name="up-chat", type_="openai", **extra):
     return p
 
 
-class Stream:
-    """A hand-driven client: sends one request, then reads the reply's head
-    and each piece of the body as the gateway sends it."""
-
-    def __init__(self, gw, body, path=CHAT, headers=None, timeout=30):
-        self.sock = socket.create_connection((gw.host, gw.port), timeout=timeout)
-        self.buf = bytearray()
-        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-        lines = ["POST %s HTTP/1.1" % path, "Host: %s:%d" % (gw.host, gw.port),
-                 "Content-Type: application/json", "Content-Length: %d" % len(payload),
-                 "Connection: close"]
-        for name, value in (headers if headers is not None else AUTH).items():
-            lines.append("%s: %s" % (name, value))
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + payload)
-        self.status, self.headers = self._head()
-        self.chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
-        self.ended = False
-
-    def _fill(self):
-        data = self.sock.recv(1 << 20)
-        if not data:
-            raise EOFError("the gateway closed the connection")
-        self.buf += data
-
-    def _until(self, sep):
-        while True:
-            i = self.buf.find(sep)
-            if i >= 0:
-                out = bytes(self.buf[:i])
-                del self.buf[:i + len(sep)]
-                return out
-            self._fill()
-
-    def _take(self, n):
-        while len(self.buf) < n:
-            self._fill()
-        out = bytes(self.buf[:n])
-        del self.buf[:n]
-        return out
-
-    def _head(self):
-        lines = self._until(b"\r\n\r\n").decode().split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        return status, headers
-
-    def piece(self):
-        """The next piece of the body, or None at its end."""
-        if self.ended:
-            return None
-        if not self.chunked:
-            self.ended = True
-            return self._take(int(self.headers.get("content-length", "0")))
-        size = int(self._until(b"\r\n").split(b";")[0], 16)
-        if size == 0:
-            self._until(b"\r\n")
-            self.ended = True
-            return None
-        data = self._take(size)
-        self._until(b"\r\n")
-        return data
-
-    def events(self):
-        """(arrival time, event) for each event, as they come."""
-        pending = b""
-        while True:
-            data = self.piece()
-            if data is None:
-                for e in lgtest.parse_sse(pending):
-                    yield time.monotonic(), e
-                return
-            pending += data
-            while b"\n\n" in pending:
-                block, pending = pending.split(b"\n\n", 1)
-                for e in lgtest.parse_sse(block + b"\n\n"):
-                    yield time.monotonic(), e
-
-    def body(self):
-        out = b""
-        while True:
-            data = self.piece()
-            if data is None:
-                return out
-            out += data
-
-    def close(self):
-        self.sock.close()
+def Stream(gw, body, path=CHAT, headers=None, timeout=30):
+    """A request to the gateway whose reply is read piece by piece."""
+    return lgtest.LiveReply(gw.host, gw.port, "POST", path, body,
+                            AUTH if headers is None else headers, timeout)
 
 
 class GatewayCase(unittest.TestCase):

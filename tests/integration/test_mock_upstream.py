@@ -31,66 +31,9 @@ def chat_body(text="hello world", stream=False, usage=False, **extra):
     return body
 
 
-class Raw:
-    """A hand-driven HTTP/1.1 client: sends one request, then reads the head
-    and each chunk as the mock sends it."""
-
-    def __init__(self, up, method, path, body=None, headers=None, timeout=10):
-        self.sock = socket.create_connection((up.host, up.port), timeout=timeout)
-        self.buf = bytearray()
-        payload = json.dumps(body).encode() if body is not None else b""
-        lines = ["%s %s HTTP/1.1" % (method, path), "Host: %s:%d" % (up.host, up.port),
-                 "Content-Length: %d" % len(payload)]
-        if body is not None:
-            lines.append("Content-Type: application/json")
-        for name, value in (headers or {}).items():
-            lines.append("%s: %s" % (name, value))
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + payload)
-
-    def _fill(self):
-        data = self.sock.recv(1 << 20)
-        if not data:
-            raise EOFError("connection closed by the mock")
-        self.buf += data
-
-    def until(self, sep):
-        while True:
-            i = self.buf.find(sep)
-            if i >= 0:
-                out = bytes(self.buf[:i])
-                del self.buf[:i + len(sep)]
-                return out
-            self._fill()
-
-    def exact(self, n):
-        while len(self.buf) < n:
-            self._fill()
-        out = bytes(self.buf[:n])
-        del self.buf[:n]
-        return out
-
-    def head(self):
-        lines = self.until(b"\r\n\r\n").decode().split("\r\n")
-        status = int(lines[0].split(" ")[1])
-        return status, lgtest.Headers(l.split(": ", 1) for l in lines[1:])
-
-    def chunk(self):
-        """One chunk's data; b"" for the last chunk."""
-        size = int(self.until(b"\r\n").split(b";")[0], 16)
-        data = self.exact(size)
-        self.exact(2)
-        return data
-
-    def chunks(self):
-        out = []
-        while True:
-            data = self.chunk()
-            if not data:
-                return out
-            out.append(data)
-
-    def close(self):
-        self.sock.close()
+def Raw(up, method, path, body=None, headers=None, timeout=10):
+    """A request to the mock whose reply is read chunk by chunk."""
+    return lgtest.LiveReply(up.host, up.port, method, path, body, headers, timeout)
 
 
 class MockTest(unittest.TestCase):
@@ -164,7 +107,7 @@ class Basics(MockTest):
         self.up.fault("stall", path=CHAT)
         raw = Raw(self.up, "POST", CHAT, chat_body(stream=True))
         try:
-            self.assertEqual(raw.head()[0], 200)
+            self.assertEqual(raw.status, 200)
             self.assertIn('vllm:num_requests_running{model_name="mock-chat"} 1',
                           self.req("GET", "/metrics").text)
         finally:
@@ -257,9 +200,8 @@ class Chat(MockTest):
     def test_stream_one_event_per_chunk(self):
         raw = Raw(self.up, "POST", CHAT, chat_body(stream=True))
         try:
-            status, headers = raw.head()
-            self.assertEqual(status, 200)
-            chunks = raw.chunks()
+            self.assertEqual(raw.status, 200)
+            chunks = raw.pieces()
         finally:
             raw.close()
         self.assertTrue(all(c.startswith(b"data: ") and c.endswith(b"\n\n") for c in chunks))
@@ -270,10 +212,9 @@ class Chat(MockTest):
         self.up.config(event_delay_ms=150)
         raw = Raw(self.up, "POST", CHAT, chat_body(stream=True))
         try:
-            raw.head()
-            raw.chunk()
+            raw.piece()
             t0 = time.monotonic()
-            rest = raw.chunks()
+            rest = raw.pieces()
             elapsed = time.monotonic() - t0
         finally:
             raw.close()
@@ -506,8 +447,7 @@ class Stats(MockTest):
     def test_client_abort_is_seen(self):
         self.up.config(event_delay_ms=1000)
         raw = Raw(self.up, "POST", CHAT, chat_body(stream=True))
-        raw.head()
-        raw.chunk()
+        raw.piece()
         st = self.up.stats()
         self.assertEqual((st["open_connections"], st["connections_closed"]), (1, 0))
         raw.close()
@@ -597,9 +537,9 @@ class Faults(MockTest):
         got = []
         reset = False
         try:
-            self.assertEqual(raw.head()[0], 200)
+            self.assertEqual(raw.status, 200)
             while True:
-                data = raw.chunk()
+                data = raw.piece()
                 self.assertTrue(data, "the stream must not end cleanly")
                 got.append(data)
         except ConnectionResetError:
@@ -617,11 +557,10 @@ class Faults(MockTest):
         self.up.fault("reset_after")
         raw = Raw(self.up, "POST", CHAT, chat_body())
         try:
-            status, headers = raw.head()
-            self.assertEqual(status, 200)
-            self.assertGreater(int(headers["content-length"]), 0)
+            self.assertEqual(raw.status, 200)
+            self.assertGreater(int(raw.headers["content-length"]), 0)
             with self.assertRaises(ConnectionResetError):
-                raw.exact(1)
+                raw.read_exact(1)
         finally:
             raw.close()
         # http.client sees a truncated reply too.
@@ -639,12 +578,12 @@ class Faults(MockTest):
         self.up.fault("stall", events=2)
         raw = Raw(self.up, "POST", CHAT, chat_body(stream=True), timeout=10)
         try:
-            self.assertEqual(raw.head()[0], 200)
-            self.assertIn(b"assistant", raw.chunk())
-            self.assertIn(b'"Mock"', raw.chunk())
+            self.assertEqual(raw.status, 200)
+            self.assertIn(b"assistant", raw.piece())
+            self.assertIn(b'"Mock"', raw.piece())
             raw.sock.settimeout(1.0)
             with self.assertRaises(socket.timeout):
-                raw.chunk()
+                raw.piece()
             self.assertEqual(self.up.stats()["open_connections"], 1)
         finally:
             raw.close()
@@ -655,12 +594,11 @@ class Faults(MockTest):
         self.up.fault("stall")
         raw = Raw(self.up, "POST", CHAT, chat_body())
         try:
-            status, headers = raw.head()
-            self.assertEqual(status, 200)
-            self.assertGreater(int(headers["content-length"]), 0)
+            self.assertEqual(raw.status, 200)
+            self.assertGreater(int(raw.headers["content-length"]), 0)
             raw.sock.settimeout(1.0)
             with self.assertRaises(socket.timeout):
-                raw.exact(1)
+                raw.read_exact(1)
         finally:
             raw.close()
         self.up.wait_stats(lambda s: s["connections_closed"] == 1)
@@ -711,11 +649,11 @@ class Faults(MockTest):
         self.up.fault("endless", interval_ms=5)
         raw = Raw(self.up, "POST", CHAT, chat_body(stream=True))
         try:
-            self.assertEqual(raw.head()[0], 200)
-            first = json.loads(raw.chunk()[6:])
+            self.assertEqual(raw.status, 200)
+            first = json.loads(raw.piece()[6:])
             self.assertEqual(first["choices"][0]["delta"]["role"], "assistant")
             for _ in range(30):
-                self.assertTrue(raw.chunk().startswith(b"data: {"))
+                self.assertTrue(raw.piece().startswith(b"data: {"))
             self.assertEqual(self.up.stats()["open_connections"], 1)
         finally:
             raw.close()
@@ -727,9 +665,8 @@ class Faults(MockTest):
         self.up.fault("endless")
         raw = Raw(self.up, "POST", "/v1/embeddings", {"model": "mock-embed", "input": "x"})
         try:
-            status, headers = raw.head()
-            self.assertEqual(headers["transfer-encoding"], "chunked")
-            body = b"".join(raw.chunk() for _ in range(20))
+            self.assertEqual(raw.headers["transfer-encoding"], "chunked")
+            body = b"".join(raw.piece() for _ in range(20))
             self.assertEqual(body, b"{" + b" " * 19)
         finally:
             raw.close()

@@ -129,6 +129,115 @@ class Headers:
         return "Headers(%r)" % dict(self.items())
 
 
+class LiveReply:
+    """A hand-driven HTTP/1.1 client for one request: it sends the request,
+    reads the reply's head, then hands out each piece of the body (a chunk,
+    or the whole Content-Length body) as the server sends it, so tests can
+    watch streams arrive, stall or break."""
+
+    def __init__(self, host, port, method, path, body=None, headers=None, timeout=10):
+        if body is None:
+            payload = b""
+        elif isinstance(body, (bytes, bytearray)):
+            payload = bytes(body)
+        else:
+            payload = json.dumps(body).encode()
+        lines = ["%s %s HTTP/1.1" % (method, path), "Host: %s:%d" % (host, port),
+                 "Content-Length: %d" % len(payload), "Connection: close"]
+        if body is not None:
+            lines.append("Content-Type: application/json")
+        for name, value in (headers or {}).items():
+            lines.append("%s: %s" % (name, value))
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = bytearray()
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + payload)
+        self.status, self.headers = self._head()
+        self.chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
+        self.ended = False
+
+    def _fill(self):
+        data = self.sock.recv(1 << 20)
+        if not data:
+            raise EOFError("the server closed the connection")
+        self.buf += data
+
+    def _until(self, sep):
+        while True:
+            i = self.buf.find(sep)
+            if i >= 0:
+                out = bytes(self.buf[:i])
+                del self.buf[:i + len(sep)]
+                return out
+            self._fill()
+
+    def read_exact(self, n):
+        """@n raw bytes of the body, whatever its framing."""
+        while len(self.buf) < n:
+            self._fill()
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def _head(self):
+        lines = self._until(b"\r\n\r\n").decode().split("\r\n")
+        status = int(lines[0].split()[1])
+        return status, Headers((n.strip(), v.strip())
+                               for n, v in (l.split(":", 1) for l in lines[1:] if ":" in l))
+
+    def piece(self):
+        """The next piece of the body, or None at its end."""
+        if self.ended:
+            return None
+        if not self.chunked:
+            self.ended = True
+            return self.read_exact(int(self.headers.get("content-length", "0")))
+        size = int(self._until(b"\r\n").split(b";")[0], 16)
+        if size == 0:
+            self._until(b"\r\n")
+            self.ended = True
+            return None
+        data = self.read_exact(size)
+        self._until(b"\r\n")
+        return data
+
+    def pieces(self):
+        """Every piece left, until the end of the body."""
+        out = []
+        while True:
+            data = self.piece()
+            if data is None:
+                return out
+            out.append(data)
+
+    def body(self):
+        return b"".join(self.pieces())
+
+    def events(self):
+        """(arrival time, event) for each server-sent event, as they come."""
+        pending = b""
+        while True:
+            data = self.piece()
+            if data is None:
+                for e in parse_sse(pending):
+                    yield time.monotonic(), e
+                return
+            pending += data
+            while b"\n\n" in pending:
+                block, pending = pending.split(b"\n\n", 1)
+                for e in parse_sse(block + b"\n\n"):
+                    yield time.monotonic(), e
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
 def parse_sse(data):
     """Events of a text/event-stream body: a list of {"event", "data", "id"}
     dicts (only the fields present); comment lines are skipped."""
