@@ -2236,9 +2236,19 @@ struct probe {
 	bool embeddings;        /* the second step: the vector size */
 };
 
+/* What differs between the router and the provider admin APIs. */
+struct admin_kind {
+	const char *noun;       /* "router", "provider" (logs) */
+	const char *title;      /* "Model router", "Model provider" (404 texts) */
+};
+
+static const struct admin_kind router_kind = { "router", "Model router" };
+static const struct admin_kind provider_kind = { "provider", "Model provider" };
+
 struct admin {
 	struct lg_models *m;
 	struct lg_req *req;
+	const struct admin_kind *kind;
 	enum admin_op op;
 	int64_t id;             /* the router or provider being worked on */
 	const char *user_id;    /* the caller, as text, or NULL */
@@ -2423,7 +2433,8 @@ static bool query_choice(struct lg_req *req, const char *name, const char *const
 	return false;
 }
 
-static struct admin *admin_new(struct lg_req *req, void *ud, enum admin_op op)
+static struct admin *admin_new(struct lg_req *req, void *ud, const struct admin_kind *kind,
+			       enum admin_op op)
 {
 	struct admin *a = lg_req_alloc(req, sizeof *a);
 	const struct lg_principal *who = lg_host_api.req_principal(req);
@@ -2434,6 +2445,7 @@ static struct admin *admin_new(struct lg_req *req, void *ud, enum admin_op op)
 	}
 	a->m = ud;
 	a->req = req;
+	a->kind = kind;
 	a->op = op;
 	if (who && who->user_id) {
 		a->user_id = lg_req_printf(req, "%" PRId64, who->user_id);
@@ -2592,9 +2604,42 @@ static const char *id_text(struct admin *a, int64_t id)
 	return lg_req_printf(a->req, "%" PRId64, id);
 }
 
-static void router_not_found(struct admin *a)
+static void admin_not_found(struct admin *a)
 {
-	lg_host_api.reply_error(a->req, 404, "Model router %" PRId64 " not found.", a->id);
+	lg_host_api.reply_error(a->req, 404, "%s %" PRId64 " not found.", a->kind->title, a->id);
+}
+
+/* After a write: the object as it is now (one row), or 404. */
+static void admin_written(const PGresult *res, const char *error, void *arg)
+{
+	struct admin *a = arg;
+
+	if (error) {
+		admin_db_error(a, error, NULL);
+		return;
+	}
+	if (PQntuples(res) != 1) {
+		admin_not_found(a);
+		return;
+	}
+	admin_finish(a, a->op == OP_CREATE ? 201 : 200, PQgetvalue(res, 0, 0));
+}
+
+static void admin_deleted(const PGresult *res, const char *error, void *arg)
+{
+	struct admin *a = arg;
+
+	if (error) {
+		admin_db_error(a, error, NULL);
+		return;
+	}
+	if (returned_id(res) == 0) {
+		admin_not_found(a);
+		return;
+	}
+	lg_log(LG_LOG_INFO, COMP, lg_host_api.req_id(a->req), "%s %" PRId64 " deleted",
+	       a->kind->noun, a->id);
+	admin_finish(a, 200, a->json);
 }
 
 static void router_from_config(struct admin *a)
@@ -2753,21 +2798,6 @@ fail:
 	return NULL;
 }
 
-static void router_written(const PGresult *res, const char *error, void *arg)
-{
-	struct admin *a = arg;
-
-	if (error) {
-		admin_db_error(a, error, NULL);
-		return;
-	}
-	if (PQntuples(res) != 1) {
-		router_not_found(a);
-		return;
-	}
-	admin_finish(a, a->op == OP_CREATE ? 201 : 200, PQgetvalue(res, 0, 0));
-}
-
 /* After an insert or update: the router as it is now. */
 static void router_stored(const PGresult *res, const char *error, void *arg)
 {
@@ -2779,7 +2809,7 @@ static void router_stored(const PGresult *res, const char *error, void *arg)
 		return;
 	}
 	if (returned_id(res) == 0) {
-		router_not_found(a);
+		admin_not_found(a);
 		return;
 	}
 	a->id = returned_id(res);
@@ -2790,7 +2820,7 @@ static void router_stored(const PGresult *res, const char *error, void *arg)
 		reply_oom(a->req);
 		return;
 	}
-	admin_query(a, router_get_sql, 1, params, router_written);
+	admin_query(a, router_get_sql, 1, params, admin_written);
 }
 
 static void router_write(struct admin *a)
@@ -2852,22 +2882,6 @@ static void router_check_collisions(struct admin *a)
 	admin_query(a, collisions_sql, 2, params, router_collisions_checked);
 }
 
-static void router_deleted(const PGresult *res, const char *error, void *arg)
-{
-	struct admin *a = arg;
-
-	if (error) {
-		admin_db_error(a, error, NULL);
-		return;
-	}
-	if (returned_id(res) == 0) {
-		router_not_found(a);
-		return;
-	}
-	lg_log(LG_LOG_INFO, COMP, lg_host_api.req_id(a->req), "router %" PRId64 " deleted", a->id);
-	admin_finish(a, 200, a->json);
-}
-
 /* The router of the path, for GET, PATCH and DELETE. */
 static void router_loaded(const PGresult *res, const char *error, void *arg)
 {
@@ -2879,7 +2893,7 @@ static void router_loaded(const PGresult *res, const char *error, void *arg)
 		return;
 	}
 	if (PQntuples(res) != 1) {
-		router_not_found(a);
+		admin_not_found(a);
 		return;
 	}
 	if (a->op == OP_GET) {
@@ -2898,7 +2912,7 @@ static void router_loaded(const PGresult *res, const char *error, void *arg)
 			reply_oom(a->req);
 			return;
 		}
-		admin_query(a, router_delete_sql, 1, params, router_deleted);
+		admin_query(a, router_delete_sql, 1, params, admin_deleted);
 		return;
 	}
 	/* PATCH: a new type must suit the providers it has. */
@@ -2928,7 +2942,7 @@ static void router_load(struct admin *a)
 
 static void route_router_create(struct lg_req *req, void *ud)
 {
-	struct admin *a = admin_new(req, ud, OP_CREATE);
+	struct admin *a = admin_new(req, ud, &router_kind, OP_CREATE);
 	json_t *body = a ? lg_host_api.req_json(req) : NULL;
 	bool ok;
 
@@ -2946,7 +2960,7 @@ static void route_router_list(struct lg_req *req, void *ud)
 	static const char *const sort_columns[] = { "m.id", "m.name", "m.created" };
 	static const char *const orders[] = { "asc", "desc", NULL };
 	static const char *const order_sql[] = { "ASC", "DESC" };
-	struct admin *a = admin_new(req, ud, OP_GET);
+	struct admin *a = admin_new(req, ud, &router_kind, OP_GET);
 	int64_t offset, limit;
 	size_t by, order;
 	char sql[4096];
@@ -2977,7 +2991,7 @@ static void route_router_list(struct lg_req *req, void *ud)
 
 static void route_router_one(struct lg_req *req, void *ud, enum admin_op op)
 {
-	struct admin *a = admin_new(req, ud, op);
+	struct admin *a = admin_new(req, ud, &router_kind, op);
 	json_t *body;
 	bool ok;
 
@@ -3084,11 +3098,6 @@ static const char provider_delete_sql[] =
 	"SELECT 1 FROM model m WHERE m.id = c.model_id AND m.from_config) RETURNING c.id) "
 	"SELECT d.id, pg_notify('" CHANNEL "', '') FROM d";
 
-static void provider_not_found(struct admin *a)
-{
-	lg_host_api.reply_error(a->req, 404, "Model provider %" PRId64 " not found.", a->id);
-}
-
 static const char *provider_conflict_text(struct admin *a)
 {
 	return lg_req_printf(a->req, "Model provider %s for url %s already exists for router %"
@@ -3183,21 +3192,6 @@ static bool provider_in_common(struct lg_req *req, const json_t *body, struct pr
 	return true;
 }
 
-static void provider_written(const PGresult *res, const char *error, void *arg)
-{
-	struct admin *a = arg;
-
-	if (error) {
-		admin_db_error(a, error, NULL);
-		return;
-	}
-	if (PQntuples(res) != 1) {
-		provider_not_found(a);
-		return;
-	}
-	admin_finish(a, a->op == OP_CREATE ? 201 : 200, PQgetvalue(res, 0, 0));
-}
-
 /* After an insert or update: the provider as it is now. */
 static void provider_stored(const PGresult *res, const char *error, void *arg)
 {
@@ -3213,7 +3207,7 @@ static void provider_stored(const PGresult *res, const char *error, void *arg)
 			lg_host_api.reply_error(a->req, 404, "Model router %" PRId64 " not found.",
 						a->p.router);
 		else
-			provider_not_found(a);
+			admin_not_found(a);
 		return;
 	}
 	a->id = returned_id(res);
@@ -3224,7 +3218,7 @@ static void provider_stored(const PGresult *res, const char *error, void *arg)
 		reply_oom(a->req);
 		return;
 	}
-	admin_query(a, provider_get_sql, 1, params, provider_written);
+	admin_query(a, provider_get_sql, 1, params, admin_written);
 }
 
 /* All providers of a router report the same capabilities. */
@@ -3566,23 +3560,6 @@ static void provider_router_lookup(struct admin *a)
 	admin_query(a, provider_router_sql, 4, params, provider_router_loaded);
 }
 
-static void provider_deleted(const PGresult *res, const char *error, void *arg)
-{
-	struct admin *a = arg;
-
-	if (error) {
-		admin_db_error(a, error, NULL);
-		return;
-	}
-	if (returned_id(res) == 0) {
-		provider_not_found(a);
-		return;
-	}
-	lg_log(LG_LOG_INFO, COMP, lg_host_api.req_id(a->req), "provider %" PRId64 " deleted",
-	       a->id);
-	admin_finish(a, 200, a->json);
-}
-
 /* The provider of the path, for GET, PATCH and DELETE. */
 static void provider_loaded(const PGresult *res, const char *error, void *arg)
 {
@@ -3595,7 +3572,7 @@ static void provider_loaded(const PGresult *res, const char *error, void *arg)
 		return;
 	}
 	if (PQntuples(res) != 1) {
-		provider_not_found(a);
+		admin_not_found(a);
 		return;
 	}
 	if (a->op == OP_GET) {
@@ -3617,7 +3594,7 @@ static void provider_loaded(const PGresult *res, const char *error, void *arg)
 			reply_oom(a->req);
 			return;
 		}
-		admin_query(a, provider_delete_sql, 1, params, provider_deleted);
+		admin_query(a, provider_delete_sql, 1, params, admin_deleted);
 		return;
 	}
 	/* PATCH: moving to another router checks it as a create would. */
@@ -3638,7 +3615,7 @@ static void provider_loaded(const PGresult *res, const char *error, void *arg)
 
 static void route_provider_create(struct lg_req *req, void *ud)
 {
-	struct admin *a = admin_new(req, ud, OP_CREATE);
+	struct admin *a = admin_new(req, ud, &provider_kind, OP_CREATE);
 	json_t *body = a ? lg_host_api.req_json(req) : NULL;
 	bool ok;
 
@@ -3657,7 +3634,7 @@ static void route_provider_list(struct lg_req *req, void *ud)
 	static const char *const sort_columns[] = { "c.id", "c.model_name", "c.created" };
 	static const char *const orders[] = { "asc", "desc", NULL };
 	static const char *const order_sql[] = { "ASC", "DESC" };
-	struct admin *a = admin_new(req, ud, OP_GET);
+	struct admin *a = admin_new(req, ud, &provider_kind, OP_GET);
 	int64_t offset, limit, router;
 	size_t by, order;
 	char sql[4096];
@@ -3692,7 +3669,7 @@ static void route_provider_list(struct lg_req *req, void *ud)
 
 static void route_provider_one(struct lg_req *req, void *ud, enum admin_op op)
 {
-	struct admin *a = admin_new(req, ud, op);
+	struct admin *a = admin_new(req, ud, &provider_kind, op);
 	const char *params[1];
 	json_t *body;
 	bool ok;
