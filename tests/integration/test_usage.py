@@ -160,6 +160,26 @@ class UsageCase(unittest.TestCase):
 
 
 class Fields(UsageCase):
+    def test_failed_call_has_its_row(self):
+        # A provider nothing listens on: the call fails, and is accounted.
+        cfg = config(self.journal)
+        cfg["plugins"]["openai"] = {}
+        cfg["models"].append({"name": "down", "type": "text-generation", "providers": [
+            {"type": "openai", "url": "http://127.0.0.1:1", "model_name": "gone"}]})
+        g = self.gateway(cfg)
+        g.start()
+        try:
+            r = chat(g, self.prefix + "down", model="down")
+            self.assertEqual(r.status, 503, r.body)
+            wait_rows(self, self.pg, self.prefix, 1)
+            row = rows(self.pg, "request_id = '%sdown'" % self.prefix)[0]
+            self.assertEqual((row["status"], row["model_name"], row["total_tokens"],
+                              row["cost"]), (503, "down", 0, 0))
+            self.assertTrue(row["error"], row)
+            self.assertFalse(row["client_gone"])
+        finally:
+            self.assert_clean_exit(g)
+
     def model_ids(self):
         model_id = int(self.pg.psql("SELECT id FROM model WHERE name = 'priced'")[0][0])
         provider_id = int(self.pg.psql(
