@@ -2287,7 +2287,11 @@ static void resolve_model(struct fwd *f)
 
 	f->view = lg_models_view_get(req->rt->models);
 	m = f->view ? lg_models_find(f->view, f->client_model) : NULL;
-	if (!m || m->nproviders == 0) {
+	/* Unknown, without providers or not for this caller: one answer, so
+	 * that nobody learns which models exist beyond their own. */
+	if (!m || m->nproviders == 0 ||
+	    !lg_registry_model_allowed(req->rt->registry, req->has_principal ? &req->principal :
+				       NULL, m->id)) {
 		lg_models_view_put(f->view);
 		answer_error(req, 404, "Model %.256s not found.", f->client_model);
 		return;

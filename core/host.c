@@ -142,6 +142,24 @@ static int h_hook_add(struct lg_plugin *self, enum lg_phase phase, lg_hook_fn fn
 	return 0;
 }
 
+static int h_model_access_add(struct lg_plugin *self, lg_model_access_fn fn, void *ud)
+{
+	struct lg_registry *reg = self->rt->registry;
+	struct lg_access_entry *grown;
+	int rc = registration_closed(self, "model_access_add");
+
+	if (rc < 0)
+		return rc;
+	if (!fn)
+		return -EINVAL;
+	grown = realloc(reg->access, (reg->naccess + 1) * sizeof *grown);
+	if (!grown)
+		return -ENOMEM;
+	reg->access = grown;
+	grown[reg->naccess++] = (struct lg_access_entry){ .fn = fn, .ud = ud };
+	return 0;
+}
+
 static bool valid_name(const char *s)
 {
 	if (!s || !(*s >= 'a' && *s <= 'z'))
@@ -750,6 +768,7 @@ const struct lg_host lg_host_api = {
 	.get_data = h_get_data,
 	.route_add = h_route_add,
 	.hook_add = h_hook_add,
+	.model_access_add = h_model_access_add,
 	.provider_add = h_provider_add,
 	.loop = h_loop,
 	.timer_start = h_timer_start,

@@ -2124,10 +2124,12 @@ static void reply_json(struct lg_req *req, int status, json_t *root)
 	free(text);
 }
 
-/* Visible: it has a provider. Access by role comes with the auth plugin. */
-static bool visible(const struct lg_model *md)
+/* Visible: it has a provider and the caller may use it (the access
+ * functions of plugins, e.g. auth's roles). */
+static bool visible(const struct lg_models *m, struct lg_req *req, const struct lg_model *md)
 {
-	return md->nproviders > 0;
+	return md->nproviders > 0 &&
+	       lg_registry_model_allowed(m->rt->registry, lg_host_api.req_principal(req), md->id);
 }
 
 /* OpenGateLLM's Model object. */
@@ -2157,7 +2159,7 @@ static void route_models(struct lg_req *req, void *ud)
 	json_t *data = json_array();
 
 	for (size_t i = 0; data && i < v->nmodels; i++) {
-		if (visible(&v->models[i]) &&
+		if (visible(ud, req, &v->models[i]) &&
 		    json_array_append_new(data, model_json(&v->models[i])) < 0) {
 			json_decref(data);
 			data = NULL;
@@ -2174,7 +2176,7 @@ static void route_model(struct lg_req *req, void *ud)
 	const struct lg_model *md = lg_models_find(v, name);
 
 	/* Unknown and invisible look the same: no existence leak. */
-	if (!md || !visible(md))
+	if (!md || !visible(ud, req, md))
 		lg_host_api.reply_error(req, 404, "Model %s not found.", name ? name : "");
 	else
 		reply_json(req, 200, model_json(md));
@@ -2189,7 +2191,7 @@ static void route_health_models(struct lg_req *req, void *ud)
 	for (size_t i = 0; list && i < v->nmodels; i++) {
 		const struct lg_model *md = &v->models[i];
 
-		if (visible(md) &&
+		if (visible(ud, req, md) &&
 		    json_array_append_new(list, json_pack("{s:s,s:s}", "id", md->name, "status",
 							  health_names[model_health(v, md)])) < 0) {
 			json_decref(list);

@@ -31,6 +31,7 @@ void lg_registry_free(struct lg_registry *reg)
 	for (size_t i = 0; i < reg->nlistens; i++)
 		free(reg->listens[i].channel);
 	free(reg->listens);
+	free(reg->access);
 	free(reg);
 }
 
@@ -58,4 +59,15 @@ const struct lg_provider_entry *lg_registry_provider(const struct lg_registry *r
 		if (strcmp(reg->providers[i].ops->type, type) == 0)
 			return &reg->providers[i];
 	return NULL;
+}
+
+bool lg_registry_model_allowed(const struct lg_registry *reg, const struct lg_principal *who,
+			       int64_t model_id)
+{
+	if (!who || (who->permissions & LG_PERM_ADMIN))
+		return true;
+	for (size_t i = 0; i < reg->naccess; i++)
+		if (!reg->access[i].fn(who, model_id, reg->access[i].ud))
+			return false;
+	return true;
 }

@@ -51,6 +51,11 @@ struct lg_provider_entry {
 	struct lg_plugin *owner;
 };
 
+struct lg_access_entry {
+	lg_model_access_fn fn;
+	void *ud;
+};
+
 struct lg_listen_entry {
 	char *channel;
 	lg_notify_fn fn;
@@ -67,6 +72,8 @@ struct lg_registry {
 	size_t nproviders;
 	struct lg_listen_entry *listens;
 	size_t nlistens;
+	struct lg_access_entry *access;
+	size_t naccess;
 	size_t hook_seq;
 	bool frozen;
 };
@@ -77,6 +84,10 @@ void lg_registry_free(struct lg_registry *reg);
 void lg_registry_freeze(struct lg_registry *reg);
 const struct lg_provider_entry *lg_registry_provider(const struct lg_registry *reg,
 						     const char *type);
+/* Whether @who may see and call model @model_id: admins and anonymous
+ * callers of public routes always, others when every access function agrees. */
+bool lg_registry_model_allowed(const struct lg_registry *reg, const struct lg_principal *who,
+			       int64_t model_id);
 
 /* Process-wide state, owned by main(). */
 struct lg_runtime {

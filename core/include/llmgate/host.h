@@ -48,6 +48,14 @@ typedef void (*lg_work_fn)(void *arg);
 typedef void (*lg_done_fn)(void *arg);
 /** lg_timer_fn - a timer fired, on the loop that started it. */
 typedef void (*lg_timer_fn)(void *arg);
+/**
+ * lg_model_access_fn - whether @who may see and call model @model_id. Asked
+ * for callers without LG_PERM_ADMIN, on every model listing, model lookup
+ * and forwarded call; it must answer from memory, quickly, without
+ * blocking. A model refused by any registered function is, for that
+ * caller, the same 404 as an unknown model. Thread: any loop.
+ */
+typedef bool (*lg_model_access_fn)(const struct lg_principal *who, int64_t model_id, void *ud);
 
 struct lg_host {
 	uint32_t size;          /* sizeof(struct lg_host) of the running host */
@@ -224,7 +232,14 @@ struct lg_host {
 	 * loopback one (so default secrets must be refused). Thread: any. */
 	bool (*server_exposed)(struct lg_plugin *self);
 
-	/* 1.1+ members go below, never above */
+	/* ---- 1.1 ---- */
+
+	/** model_access_add() - decide which models non-admin callers see
+	 * (lg_model_access_fn). Without any, every caller sees every model
+	 * that has a provider. Thread: init only (-EBUSY later). */
+	int (*model_access_add)(struct lg_plugin *self, lg_model_access_fn fn, void *ud);
+
+	/* 1.2+ members go below, never above */
 };
 
 /** LG_HOST_HAS() - whether the running host has vtable member @m. */

@@ -161,6 +161,9 @@ struct lg_call {
 	double latency_ms;
 	bool client_gone;
 	const char *error;              /* NULL, or why the call failed */
+	/* 1.1: COMPLETE only, as sent in the reply's usage */
+	double cost;                    /* spec §6, rounded to 6 decimals */
+	double kwh, kgco2eq;            /* the energy and carbon impacts */
 };
 
 /* ---- outbound HTTP (libcurl multi on the worker's loop) ---- */

@@ -16,6 +16,8 @@
  * ABI history:
  *   1.0  first release: descriptor, settings table, host vtable, routes,
  *        hooks, provider types, database, work pool, timers, HTTP client.
+ *   1.1  host->model_access_add() (which models a caller may use);
+ *        struct lg_call gains cost, kwh and kgco2eq.
  */
 #ifndef LLMGATE_PLUGIN_H
 #define LLMGATE_PLUGIN_H
@@ -29,7 +31,7 @@ extern "C" {
 #endif
 
 #define LG_ABI_MAJOR 1
-#define LG_ABI_MINOR 0
+#define LG_ABI_MINOR 1
 
 #define LG_EXPORT __attribute__((visibility("default")))
 #define LG_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
