@@ -160,6 +160,14 @@ static int h_model_access_add(struct lg_plugin *self, lg_model_access_fn fn, voi
 	return 0;
 }
 
+static void h_set_ready(struct lg_plugin *self, const char *why)
+{
+	pthread_mutex_lock(&self->ready_lock);
+	snprintf(self->not_ready_why, sizeof self->not_ready_why, "%s", why ? why : "");
+	atomic_store(&self->not_ready, why != NULL);
+	pthread_mutex_unlock(&self->ready_lock);
+}
+
 static bool valid_name(const char *s)
 {
 	if (!s || !(*s >= 'a' && *s <= 'z'))
@@ -769,6 +777,7 @@ const struct lg_host lg_host_api = {
 	.route_add = h_route_add,
 	.hook_add = h_hook_add,
 	.model_access_add = h_model_access_add,
+	.set_ready = h_set_ready,
 	.provider_add = h_provider_add,
 	.loop = h_loop,
 	.timer_start = h_timer_start,

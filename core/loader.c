@@ -179,6 +179,7 @@ int lg_plugin_open(const char *path, const char *expect_name, struct lg_plugin *
 	}
 	p->dl = dl;
 	p->info = info;
+	pthread_mutex_init(&p->ready_lock, NULL);
 	*out = p;
 	return 0;
 fail:
@@ -193,6 +194,7 @@ void lg_plugin_close(struct lg_plugin *p)
 	if (!p)
 		return;
 	lg_settings_free(p->settings);
+	pthread_mutex_destroy(&p->ready_lock);
 	free(p->name);
 	free(p->path);
 	free(p);

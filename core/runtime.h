@@ -5,6 +5,7 @@
 #ifndef LG_RUNTIME_H
 #define LG_RUNTIME_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -35,6 +36,10 @@ struct lg_plugin {
 	size_t index;                     /* slot of its per-request data */
 	bool initialized, started;
 	char error[512];                  /* set_error() */
+	/* set_ready(): why the plugin cannot serve, "" when it can */
+	pthread_mutex_t ready_lock;
+	atomic_bool not_ready;
+	char not_ready_why[256];
 };
 
 struct lg_hook_entry {

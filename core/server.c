@@ -278,11 +278,28 @@ static void route_health(struct lg_req *req, void *ud)
 	lg_exchange_reply(req->ex, 200, "application/json", body, sizeof body - 1);
 }
 
+/* The first plugin that said it cannot serve (set_ready), as "name: why". */
+static bool plugin_not_ready(const struct lg_runtime *rt, char *buf, size_t len)
+{
+	for (size_t i = 0; i < rt->nplugins; i++) {
+		struct lg_plugin *p = rt->plugins[i];
+
+		if (!atomic_load(&p->not_ready))
+			continue;
+		pthread_mutex_lock(&p->ready_lock);
+		snprintf(buf, len, "%s: %s", p->name, p->not_ready_why);
+		pthread_mutex_unlock(&p->ready_lock);
+		return true;
+	}
+	return false;
+}
+
 static void route_ready(struct lg_req *req, void *ud)
 {
 	struct lg_runtime *rt = req->rt;
 	struct lg_pg *pg = atomic_load(&rt->pg);
 	static const char body[] = "{\"status\":\"ready\"}";
+	char why[300];
 
 	(void)ud;
 	req->answered = true;
@@ -293,6 +310,8 @@ static void route_ready(struct lg_req *req, void *ud)
 					"The database is not reachable or not migrated yet.");
 	else if (!lg_pg_healthy(pg))
 		lg_exchange_reply_error(req->ex, 503, "The database is not reachable.");
+	else if (plugin_not_ready(rt, why, sizeof why))
+		lg_exchange_reply_error(req->ex, 503, why);
 	else
 		lg_exchange_reply(req->ex, 200, "application/json", body, sizeof body - 1);
 }

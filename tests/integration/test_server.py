@@ -37,6 +37,18 @@ class Serving(unittest.TestCase):
         self.assertEqual(r.status, 200)
         self.assertEqual(r.json(), {"status": "ready"})
 
+    def test_a_plugin_can_fail_ready(self):
+        self.assertEqual(self.gw.request("POST", "/good/ready?why=journal%20full").status, 204)
+        try:
+            r = self.gw.request("GET", "/ready")
+            self.assertEqual(r.status, 503)
+            self.assertEqual(r.json()["detail"], "good: journal full")
+            # Liveness is another matter: the process still serves.
+            self.assertEqual(self.gw.request("GET", "/health").status, 200)
+        finally:
+            self.assertEqual(self.gw.request("POST", "/good/ready").status, 204)
+        self.assertEqual(self.gw.request("GET", "/ready").status, 200)
+
     def test_request_id(self):
         r = self.gw.request("GET", "/health")
         rid = r.headers.get("x-request-id")

@@ -42,6 +42,15 @@ static const struct lg_migration good_migrations[] = {
 	{ 0, NULL, NULL },
 };
 
+/* /good/ready?why=...: the plugin says it cannot serve; without why, it can. */
+static void ready(struct lg_req *req, void *ud)
+{
+	struct good *g = ud;
+
+	g->host->set_ready(g->self, g->host->req_query(req, "why"));
+	g->host->reply(req, 204, NULL, "", 0);
+}
+
 static void hello(struct lg_req *req, void *ud)
 {
 	struct good *g = ud;
@@ -279,6 +288,7 @@ static int good_init(struct lg_plugin *self, const struct lg_host *host)
 {
 	static const struct lg_route routes[] = {
 		{ sizeof(struct lg_route), "GET", "/good/hello", LG_POLICY_PUBLIC, 0, hello },
+		{ sizeof(struct lg_route), "POST", "/good/ready", LG_POLICY_PUBLIC, 0, ready },
 		{ sizeof(struct lg_route), "GET", "/good/items/{id}", LG_POLICY_KEY, 0, item },
 		{ sizeof(struct lg_route), "GET", "/good/admin", LG_POLICY_ADMIN, 0, admin_only },
 		{ sizeof(struct lg_route), "POST", "/good/sum", LG_POLICY_PUBLIC, 1024, sum },

@@ -238,6 +238,12 @@ struct lg_host {
 	 * (lg_model_access_fn). Without any, every caller sees every model
 	 * that has a provider. Thread: init only (-EBUSY later). */
 	int (*model_access_add)(struct lg_plugin *self, lg_model_access_fn fn, void *ud);
+	/** set_ready() - say that the plugin cannot do its job (@why, e.g.
+	 * "the usage journal is full"), or that it can again (@why NULL).
+	 * While any plugin is not ready, GET /ready answers 503 with the
+	 * plugin's name and @why, so that load balancers and operators see it.
+	 * Ownership: @why is copied (truncated to 255 bytes). Thread: any. */
+	void (*set_ready)(struct lg_plugin *self, const char *why);
 
 	/* 1.2+ members go below, never above */
 };
