@@ -351,14 +351,29 @@ static int h_db_query_sync(struct lg_plugin *self, const char *sql, int nparams,
 
 /* ---- the request: reading ---- */
 
-static const char *h_req_method(struct lg_req *req) { return lg_exchange_method(req->ex); }
-static const char *h_req_path(struct lg_req *req) { return lg_exchange_path(req->ex); }
+/* A request whose connection was closed by force at shutdown while one of
+ * its hooks was pending has no exchange any more (on_done() in server.c):
+ * it reads as empty and its answers go nowhere. */
+static const char *h_req_method(struct lg_req *req)
+{
+	return req->ex ? lg_exchange_method(req->ex) : "";
+}
+static const char *h_req_path(struct lg_req *req)
+{
+	return req->ex ? lg_exchange_path(req->ex) : "";
+}
 static const char *h_req_header(struct lg_req *req, const char *name)
 {
-	return lg_exchange_header(req->ex, name);
+	return req->ex ? lg_exchange_header(req->ex, name) : NULL;
 }
-static struct lg_str h_req_body(struct lg_req *req) { return lg_exchange_body(req->ex); }
-static const char *h_req_id(struct lg_req *req) { return lg_exchange_id(req->ex); }
+static struct lg_str h_req_body(struct lg_req *req)
+{
+	return req->ex ? lg_exchange_body(req->ex) : (struct lg_str){ "", 0 };
+}
+static const char *h_req_id(struct lg_req *req)
+{
+	return req->ex ? lg_exchange_id(req->ex) : "-";
+}
 
 static const char *h_req_param(struct lg_req *req, const char *name)
 {
@@ -411,7 +426,7 @@ static char *query_decode(struct lg_req *req, const char *s, size_t len)
 
 static const char *h_req_query(struct lg_req *req, const char *name)
 {
-	const char *q = lg_exchange_query(req->ex);
+	const char *q = req->ex ? lg_exchange_query(req->ex) : NULL;
 	size_t nlen = strlen(name);
 
 	while (q && *q) {
@@ -437,7 +452,7 @@ static json_t *h_req_json(struct lg_req *req)
 		.max_items = cfg->json_max_items,
 		.max_string = cfg->max_body_bytes,
 	};
-	struct lg_str body = lg_exchange_body(req->ex);
+	struct lg_str body = h_req_body(req);
 	enum lg_json_type type;
 	char err[160];
 	json_error_t jerr;
@@ -502,6 +517,8 @@ static const struct lg_call *h_req_call(struct lg_req *req)
 /* A request is answered once; a second answer is a plugin bug. */
 static bool claim_answer(struct lg_req *req, const char *what)
 {
+	if (!req->ex)
+		return false;
 	if (req->answered) {
 		lg_log(LG_LOG_ERROR, "core", lg_exchange_id(req->ex),
 		       "%s on a request already answered: ignored", what);
@@ -513,7 +530,7 @@ static bool claim_answer(struct lg_req *req, const char *what)
 
 static int h_reply_header(struct lg_req *req, const char *name, const char *value)
 {
-	return lg_exchange_add_header(req->ex, name, value);
+	return req->ex ? lg_exchange_add_header(req->ex, name, value) : -ENOTCONN;
 }
 
 static void h_reply(struct lg_req *req, int status, const char *content_type, const char *body,
@@ -545,14 +562,14 @@ static int h_stream_start(struct lg_req *req, int status, const char *content_ty
 
 static long h_stream_write(struct lg_req *req, const char *data, size_t len)
 {
-	if (!req->streaming)
+	if (!req->streaming || !req->ex)
 		return -1;
 	return lg_exchange_stream_write(req->ex, data, len);
 }
 
 static void h_stream_end(struct lg_req *req)
 {
-	if (req->streaming) {
+	if (req->streaming && req->ex) {
 		req->streaming = false;
 		lg_exchange_stream_end(req->ex);
 	}
@@ -634,6 +651,12 @@ void lg_req_run_phase(struct lg_req *req, enum lg_phase phase, lg_phase_done_fn 
 
 static void h_resume(struct lg_req *req, enum lg_hook_result result)
 {
+	if (!req->ex) {
+		/* Its connection was closed by force (on_done() in server.c). */
+		lg_req_arena_free(req);
+		free(req);
+		return;
+	}
 	if (!req->hook_pending || result == LG_HOOK_PENDING) {
 		lg_log(LG_LOG_ERROR, "core", lg_exchange_id(req->ex),
 		       "resume() without a pending hook, or with PENDING: ignored");

@@ -254,9 +254,15 @@ static void on_done(struct lg_exchange *ex, int status, uint64_t bytes, void *ar
 	       lg_exchange_peer(ex), lg_exchange_method(ex), lg_exchange_path(ex), status,
 	       (unsigned long long)bytes, ms, lg_exchange_client_gone(ex) ? " client-gone" : "");
 	if (req) {
-		lg_req_arena_free(req);
-		free(req);
 		lg_exchange_set_data(ex, NULL);
+		if (req->hook_pending) {
+			/* Closed by force at shutdown while a hook waits for the
+			 * database or the work pool: the hook's resume() frees it. */
+			req->ex = NULL;
+		} else {
+			lg_req_arena_free(req);
+			free(req);
+		}
 	}
 	atomic_fetch_sub(&w->busy, 1);
 }

@@ -83,6 +83,23 @@ class Signals(unittest.TestCase):
         self.assertIn("drain deadline reached with 1 request in flight", g.log())
         g.stop()
 
+    def test_drain_deadline_with_a_hook_still_pending(self):
+        # The AUTH hook waits 3 s for the database; the drain deadline (1 s)
+        # closes the connection first; the hook's answer arrives on a request
+        # without a connection, which must neither crash nor be answered.
+        g = self.gateway(drain_timeout="1s")
+        sock = g.connect()
+        sock.sendall(b"GET /good/items/1 HTTP/1.1\r\nHost: x\r\n"
+                     b"Authorization: Bearer good-slow?ms=3000\r\n\r\n")
+        time.sleep(0.5)
+        g.send_signal(signal.SIGTERM)
+        self.assertEqual(g.wait(20), 0, g.log())
+        sock.settimeout(5)
+        self.assertEqual(sock.recv(4096), b"")
+        sock.close()
+        self.assertIn("drain deadline reached with 1 request in flight", g.log())
+        g.stop()
+
     def test_sighup_keeps_old_config_when_new_one_is_broken(self):
         g = self.gateway()
         with open(g.config_path, "a") as f:

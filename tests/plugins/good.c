@@ -263,6 +263,41 @@ static void json_body(struct lg_req *req, void *ud)
 }
 
 /* "Bearer good-token" is user 7; "Bearer good-admin" is an admin. */
+struct slow_auth {
+	struct good *g;
+	struct lg_req *req;
+};
+
+static void slow_auth_done(const PGresult *res, const char *error, void *arg)
+{
+	struct slow_auth *s = arg;
+	struct lg_principal who = { .size = sizeof who, .user_id = 8, .user_name = "slow" };
+
+	(void)res;
+	if (error || s->g->host->req_set_principal(s->req, &who) != 0) {
+		s->g->host->resume(s->req, LG_HOOK_DECLINE);
+		return;
+	}
+	s->g->host->resume(s->req, LG_HOOK_OK);
+}
+
+/* "Bearer good-slow?ms=N": identified after a query that lasts N ms, to
+ * test requests whose AUTH hook is still pending. */
+static enum lg_hook_result slow_authenticate(struct good *g, struct lg_req *req, const char *ms)
+{
+	struct slow_auth *s = g->host->req_alloc(req, sizeof *s);
+	const char *params[] = { ms };
+
+	if (!s)
+		return LG_HOOK_DECLINE;
+	s->g = g;
+	s->req = req;
+	if (g->host->db_query(g->self, "SELECT pg_sleep($1::int / 1000.0)", 1, params,
+			      slow_auth_done, s) < 0)
+		return LG_HOOK_DECLINE;
+	return LG_HOOK_PENDING;
+}
+
 static enum lg_hook_result authenticate(struct lg_req *req, void *ud)
 {
 	struct good *g = ud;
@@ -271,6 +306,8 @@ static enum lg_hook_result authenticate(struct lg_req *req, void *ud)
 
 	if (!authz)
 		return LG_HOOK_DECLINE;
+	if (strncmp(authz, "Bearer good-slow?ms=", 20) == 0)
+		return slow_authenticate(g, req, authz + 20);
 	if (strcmp(authz, "Bearer good-token") == 0) {
 		who.user_id = 7;
 		who.user_name = "alice";
