@@ -297,6 +297,36 @@ def llmgate_config(upstream_url, plugins, access_log):
     }
 
 
+# Settings a plugin cannot run without, for --with PLUGIN.
+def with_settings(name, workdir):
+    if name == "usage":
+        return {"journal_dir": tempfile.mkdtemp(prefix="journal-", dir=workdir)}
+    return {}
+
+
+def user_key(gw):
+    """A key of an ordinary user whose role has (high) limits on both models,
+    made through the admin API with the master key: the requests then take
+    the whole path of a real caller (key cache, role, rate limits)."""
+    admin = {"Authorization": "Bearer " + MASTER_KEY}
+
+    def call(method, path, body=None):
+        r = gw.request(method, path, body, headers=admin)
+        if r.status not in (200, 201):
+            raise BenchError("%s %s: %d %s" % (method, path, r.status, r.body[:300]))
+        return r.json()
+
+    routers = call("GET", "/v1/admin/routers?limit=100")["data"]
+    limits = [{"router_id": m["id"], "type": t, "value": 10 ** 12}
+              for m in routers for t in ("rpm", "rpd", "tpm", "tpd")]
+    role = call("POST", "/v1/admin/roles", {"name": "bench", "permissions": [],
+                                            "limits": limits})
+    user = call("POST", "/v1/admin/users", {"email": "bench@example.org",
+                                            "password": "bench-password-123",
+                                            "role_id": role["id"]})
+    return call("POST", "/v1/admin/keys", {"name": "bench", "user": user["id"]})["value"]
+
+
 def variants(args):
     """(label, plugins) of each llmgate row: the default first."""
     rows = [("llmgate", dict(DEFAULT_PLUGINS))]
@@ -313,20 +343,21 @@ def variants(args):
     for name in args.with_:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
             raise BenchError("--with %s: not a plugin name" % name)
-        rows.append(("llmgate +" + name, dict(DEFAULT_PLUGINS, **{name: {}})))
+        rows.append(("llmgate +" + name, dict(DEFAULT_PLUGINS, **{name: with_settings(
+            name, args.workdir)})))
     return rows
 
 
 # ---------------------------------------------------------------------------
 # Checks and measurements
 
-def preflight(target, workload, dim):
+def preflight(target, workload, dim, key):
     """One request of @workload through @target, checked, so that wrk only
     ever measures real answers."""
     path, body = WORKLOADS[workload]
     r = lgtest.http_request(target.host, target.port, "POST", path, body,
                             {"Content-Type": "application/json",
-                             "Authorization": "Bearer " + MASTER_KEY}, timeout=10)
+                             "Authorization": "Bearer " + key}, timeout=10)
     what = "%s, %s" % (target.name, workload)
     if r.status != 200:
         raise BenchError("%s: status %d: %s" % (what, r.status, r.text[:500]))
@@ -735,8 +766,8 @@ def main():
         if not os.access(path, os.X_OK):
             raise BenchError("%s is missing: build %s first (bench/run.sh does)" %
                              (path, args.build))
+    workdir = args.workdir = tempfile.mkdtemp(prefix="llmgate-bench-")
     rows = variants(args)
-    workdir = tempfile.mkdtemp(prefix="llmgate-bench-")
     started = datetime.datetime.now(datetime.timezone.utc)
     load_before = " ".join("%.2f" % x for x in os.getloadavg())
     pg = up = ng = None
@@ -758,15 +789,18 @@ def main():
             gateways.append(gw)
             targets.append(Target(label, gw.host, gw.port,
                                   lambda gw=gw: [gw.proc.pid], "llmgate"))
+        # Every row shares the database, so one user's key serves them all
+        # (the accept-anyone stub of -auth takes any key).
+        key = user_key(next(gw for gw, (_, p) in zip(gateways, rows) if "auth" in p))
 
         scripts = {}
         for w, (path, body) in WORKLOADS.items():
             scripts[w] = os.path.join(workdir, w + ".lua")
             with open(scripts[w], "w") as f:
-                f.write(WRK_SCRIPT % {"path": path, "body": body, "key": MASTER_KEY})
+                f.write(WRK_SCRIPT % {"path": path, "body": body, "key": key})
         for w in args.workloads:
             for t in targets:
-                preflight(t, w, args.dim)
+                preflight(t, w, args.dim, key)
 
         results = {}
         for w in args.workloads:

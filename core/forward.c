@@ -29,8 +29,9 @@
  * - COMPLETE runs before the last part of the answer is sent (the whole
  *   reply, or a stream's usage event, [DONE] and end), so that hooks see
  *   the final usage and the request is still alive for them (they may go
- *   PENDING). Cost and impacts, once the usage plugin computes them in
- *   COMPLETE, belong in usage_json(). When a hook answered the request
+ *   PENDING). Cost and impacts (core/impacts.c, docs/impacts.md) are
+ *   computed with the final usage before COMPLETE, so that hooks and the
+ *   reply's usage show the same figures. When a hook answered the request
  *   itself, the request ends with that answer: COMPLETE hooks then run at
  *   once and must not go PENDING (status 0 tells them).
  * - Failover: a connect error, a timeout, a reset, a 5xx or a 429 (also as
@@ -75,6 +76,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,6 +90,7 @@
 #include "balancer.h"
 #include "fetch.h"
 #include "httpd.h"
+#include "impacts.h"
 #include "json.h"
 #include "log.h"
 #include "models.h"
@@ -802,13 +805,36 @@ static void add_server_timing(struct fwd *f)
 		lg_log(LG_LOG_WARN, COMPONENT, rid(f), "cannot add Server-Timing");
 }
 
-/* The usage object of replies and of the final stream event. The usage
- * plugin's cost and impacts (set during COMPLETE) go here as well. */
+/* @x as the shortest text that reads back as the same double; JSON has no
+ * NaN or infinity, those are written 0. */
+static int buf_double(struct buf *b, double x)
+{
+	char s[32];
+
+	if (x == 0 || !isfinite(x))
+		return buf_str(b, "0");     /* the common case: no prices, no params */
+	for (int digits = 15; digits <= 17; digits++) {
+		snprintf(s, sizeof s, "%.*g", digits, x);
+		if (strtod(s, NULL) == x)
+			break;
+	}
+	return buf_str(b, s);
+}
+
+/* The usage object of replies and of the final stream event: the tokens,
+ * the cost and the impacts of the call as fill_call() left them. */
 static int usage_json(struct fwd *f, struct buf *b)
 {
-	return buf_printf(b, "{\"prompt_tokens\":%lld,\"completion_tokens\":%lld,"
-			  "\"total_tokens\":%lld}", (long long)f->call.prompt_tokens,
-			  (long long)f->call.completion_tokens, (long long)f->call.total_tokens);
+	const struct lg_call *c = &f->call;
+
+	if (buf_printf(b, "{\"prompt_tokens\":%lld,\"completion_tokens\":%lld,"
+		       "\"total_tokens\":%lld,\"cost\":", (long long)c->prompt_tokens,
+		       (long long)c->completion_tokens, (long long)c->total_tokens) < 0 ||
+	    buf_double(b, c->cost) < 0 || buf_str(b, ",\"impacts\":{\"kWh\":") < 0 ||
+	    buf_double(b, c->kwh) < 0 || buf_str(b, ",\"kgCO2eq\":") < 0 ||
+	    buf_double(b, c->kgco2eq) < 0 || buf_str(b, "}}") < 0)
+		return -1;
+	return 0;
 }
 
 #define LIT(s) ((struct lg_str){ (s), sizeof(s) - 1 })
@@ -2010,6 +2036,29 @@ static void select_provider(struct fwd *f)
 
 /* ---- the end: COMPLETE, then the answer ---- */
 
+/* Spec §6 cost, and for text generation the energy and carbon estimate
+ * (docs/impacts.md). The latency goes in seconds: OpenGateLLM's extra
+ * division by 1000 is not copied. A call that never reached a provider
+ * has no parameter counts, hence no impacts. */
+static void set_cost_and_impacts(struct lg_call *c)
+{
+	struct lg_impacts im = { 0, 0 };
+
+	c->cost = lg_call_cost(c->prompt_tokens, c->completion_tokens, c->cost_prompt_tokens,
+			       c->cost_completion_tokens);
+	if (lg_impacts_apply(c->model_type)) {
+		struct lg_llm_usage u = {
+			.active_params = c->active_params, .total_params = c->total_params,
+			.completion_tokens = c->completion_tokens,
+			.latency_s = c->latency_ms / 1000.0, .zone = c->hosting_zone,
+		};
+
+		im = lg_llm_impacts(&u);
+	}
+	c->kwh = im.kwh;
+	c->kgco2eq = im.kgco2eq;
+}
+
 static void fill_call(struct fwd *f)
 {
 	struct lg_call *c = &f->call;
@@ -2035,6 +2084,7 @@ static void fill_call(struct fwd *f)
 	}
 	c->ttft_ms = f->first_token_ns ? ms_between(f->req->start_ns, f->first_token_ns) : -1;
 	c->latency_ms = ms_between(f->req->start_ns, now);
+	set_cost_and_impacts(c);
 	c->client_gone = f->client_gone;
 	if (f->client_gone && !f->error[0])
 		set_error(f, "the client closed the connection");

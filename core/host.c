@@ -16,6 +16,7 @@
 #include "log.h"
 #include "pg.h"
 #include "runtime.h"
+#include "server.h"
 #include "workpool.h"
 
 static _Thread_local const char *current_rid;
@@ -166,6 +167,11 @@ static void h_set_ready(struct lg_plugin *self, const char *why)
 	snprintf(self->not_ready_why, sizeof self->not_ready_why, "%s", why ? why : "");
 	atomic_store(&self->not_ready, why != NULL);
 	pthread_mutex_unlock(&self->ready_lock);
+}
+
+static void h_sync_workers(struct lg_plugin *self)
+{
+	lg_server_sync(self->rt);
 }
 
 static bool valid_name(const char *s)
@@ -801,6 +807,7 @@ const struct lg_host lg_host_api = {
 	.hook_add = h_hook_add,
 	.model_access_add = h_model_access_add,
 	.set_ready = h_set_ready,
+	.sync_workers = h_sync_workers,
 	.provider_add = h_provider_add,
 	.loop = h_loop,
 	.timer_start = h_timer_start,

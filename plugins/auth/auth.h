@@ -100,6 +100,13 @@ void auth_cache_put(struct auth_cache *c, const unsigned char hash[AUTH_HASH_BYT
 void auth_cache_forget_key(struct auth_cache *c, int64_t key_id);
 void auth_cache_forget_user(struct auth_cache *c, int64_t user_id);
 void auth_cache_forget_all(struct auth_cache *c);
+/** auth_cache_generation() - a counter that every forget moves; read it
+ * before a database lookup and hand it to auth_cache_put_since(), which
+ * then stores nothing if something was forgotten meanwhile (a revocation
+ * racing the lookup). Thread: any. */
+uint64_t auth_cache_generation(struct auth_cache *c);
+void auth_cache_put_since(struct auth_cache *c, const unsigned char hash[AUTH_HASH_BYTES],
+			  const struct auth_ident *ident, uint64_t generation);
 
 /* ---- roles.c ---- */
 
@@ -136,6 +143,8 @@ const struct auth_role *auth_roles_find(const struct auth_roles *r, int64_t role
 const struct auth_limits *auth_role_limits(const struct auth_role *role, int64_t model_id);
 /** auth_roles_load_sync() - read the roles and publish them. Thread: main
  * (in start()) or work pool. */
+/** auth_roles_init() - publish an empty snapshot (in init()). 0 or -ENOMEM. */
+int auth_roles_init(struct auth *a);
 int auth_roles_load_sync(struct auth *a, char *err, size_t errlen);
 /** auth_roles_reload() - read them again asynchronously (after NOTIFY
  * "roles"), publish when read. Thread: main. */
@@ -170,6 +179,8 @@ int auth_password_hash_sync(const char *password, char out[crypto_pwhash_STRBYTE
 bool auth_login_allowed(struct auth *a, const char *email);
 void auth_login_failed(struct auth *a, const char *email);
 void auth_login_succeeded(struct auth *a, const char *email);
+/** auth_login_retry_after() - seconds until this account may try again. */
+int64_t auth_login_retry_after(struct auth *a, const char *email);
 struct auth_passwords *auth_passwords_new(unsigned concurrency, unsigned attempts_per_minute);
 void auth_passwords_free(struct auth_passwords *p);
 
@@ -180,6 +191,19 @@ enum lg_hook_result auth_authenticate(struct lg_req *req, void *ud);
 /** auth_ident() - the ident of the request's caller as the AUTH hook found
  * it, or NULL (the master key, or no auth yet). Ownership: the request's. */
 const struct auth_ident *auth_req_ident(struct auth *a, struct lg_req *req);
+/** struct auth_req - the plugin's state for one request, in the request's
+ * memory. It is the plugin's only req_set_data() slot: modules that keep
+ * state from one phase to the next (AUTHORIZE to COMPLETE) use their
+ * member here rather than req_set_data(). */
+struct auth_req {
+	bool has_ident;
+	struct auth_ident ident;
+	void *limits;                           /* limits.c */
+	void *budget;                           /* budget.c */
+};
+/** auth_req_get() - the request's struct auth_req, made on first use;
+ * NULL if the request's memory is exhausted. Thread: the request's worker. */
+struct auth_req *auth_req_get(struct auth *a, struct lg_req *req);
 
 /* ---- limits.c ---- */
 
@@ -214,7 +238,12 @@ int auth_api_organizations_register(struct auth *a);
 
 /** auth_issue_key() - make a key for @user_id: insert its row, then @done
  * runs on this loop with the KeyResponse JSON (value shown in full) or an
- * error already answered. Shared by POST /v1/keys, /v1/admin/keys and login. */
+ * error already answered. Shared by POST /v1/keys, /v1/admin/keys and login.
+ * Returns 0 when @done will run exactly once: with @key_json (borrowed,
+ * wiped after @done returns), or with NULL when the request was already
+ * answered (404 "User {id} not found.", 409, 503, 500). Returns a negative
+ * errno when the request was already answered and @done will not run.
+ * @in is copied; no validation of the name or expiry is done here. */
 struct auth_issue {
 	int64_t user_id;
 	const char *name;
@@ -222,6 +251,49 @@ struct auth_issue {
 };
 int auth_issue_key(struct auth *a, struct lg_req *req, const struct auth_issue *in,
 		   void (*done)(struct lg_req *req, const char *key_json, void *arg), void *arg);
+
+/* api_me.c: what the api_*.c files share. */
+
+/** struct auth_reply - how auth_api_sql() answers a JSON-returning query:
+ * @status with its first column, 404 @not_found when no row, 409
+ * @conflict when the error names one of @constraints. */
+struct auth_reply {
+	int status;
+	const char *not_found;
+	const char *const *constraints;
+	const char *conflict;
+};
+/** auth_api_sql() - run @sql (its first column is the reply) and answer
+ * as @how says. Thread: the request's worker. */
+void auth_api_sql(struct auth *a, struct lg_req *req, const struct auth_reply *how,
+		  const char *sql, int n, const char *const *params);
+
+/** struct auth_list - a paged list: every fragment is constant SQL from
+ * the caller's code, never from the client. @where uses $3, $4... */
+struct auth_list {
+	const char *from;               /* "token t" */
+	const char *alias;              /* "t" */
+	const char *where;              /* "true" when there is no filter */
+	const char *object;             /* one item's JSON expression */
+	const char *const *sort_by;     /* names, NULL-terminated */
+	const char *const *sort_columns;/* their columns, same order */
+};
+/** auth_api_list() - answer the list envelope of spec §2 for the request's
+ * offset, limit, sort_by and sort_order (422 on bad values). */
+void auth_api_list(struct auth *a, struct lg_req *req, const struct auth_list *l,
+		   const char *const *filters, int nfilters);
+
+/** struct auth_route, auth_api_routes() - register a table of routes. */
+struct auth_route {
+	const char *method, *path;
+	enum lg_policy policy;
+	lg_route_fn fn;
+};
+int auth_api_routes(struct auth *a, const struct auth_route *routes, size_t n);
+
+/* Messages that several api_*.c files answer. */
+#define AUTH_MSG_USER_EXISTS "User already exists."
+#define AUTH_MSG_MASTER_NO_USER "The master key has no user; use the admin routes."
 
 /* ---- auth.c: the plugin ---- */
 
@@ -243,9 +315,16 @@ struct auth {
 	struct auth_passwords *passwords;
 	struct auth_limiter *limiter;
 
-	/* roles.c: the current snapshot, swapped under @roles_lock */
-	pthread_mutex_t roles_lock;
-	struct auth_roles *roles;
+	/* roles.c: the current snapshot, read without a lock; replaced on
+	 * the main thread after host->sync_workers() */
+	_Atomic(struct auth_roles *) roles;
+	/* main thread only: a reload in flight, another one asked meanwhile */
+	bool roles_reloading, roles_reload_again;
+	struct lg_timer *roles_timer;           /* the periodic reload */
+	bool stopping;                          /* stop() ran */
+
+	/* authn.c: until when (monotonic ms) stale keys skip the database */
+	atomic_uint_fast64_t db_down_until_ms;
 };
 
 /** auth_now() - the wall clock in Unix seconds. */

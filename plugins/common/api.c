@@ -45,8 +45,10 @@ static bool blank(char c)
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
 }
 
-bool api_str(const struct lg_host *h, struct lg_req *req, const json_t *body, const char *key,
-	     enum api_field f, size_t min, size_t max, const char **out)
+/* A string member of @min..@max characters, trimmed of blanks when @trim. */
+static bool read_string(const struct lg_host *h, struct lg_req *req, const json_t *body,
+			const char *key, enum api_field f, size_t min, size_t max, bool trim,
+			const char **out)
 {
 	bool ok;
 	const json_t *v = member(h, req, body, key, f, &ok);
@@ -67,11 +69,11 @@ bool api_str(const struct lg_host *h, struct lg_req *req, const json_t *body, co
 		h->reply_error(req, 422, "%s: NUL characters are not allowed", key);
 		return false;
 	}
-	while (len && blank(*s)) {
+	while (trim && len && blank(*s)) {
 		s++;
 		len--;
 	}
-	while (len && blank(s[len - 1]))
+	while (trim && len && blank(s[len - 1]))
 		len--;
 	n = utf8_chars(s, len);
 	if (n < min || n > max) {
@@ -84,6 +86,18 @@ bool api_str(const struct lg_host *h, struct lg_req *req, const json_t *body, co
 	memcpy(copy, s, len);
 	*out = copy;
 	return true;
+}
+
+bool api_str(const struct lg_host *h, struct lg_req *req, const json_t *body, const char *key,
+	     enum api_field f, size_t min, size_t max, const char **out)
+{
+	return read_string(h, req, body, key, f, min, max, true, out);
+}
+
+bool api_secret(const struct lg_host *h, struct lg_req *req, const json_t *body,
+		const char *key, enum api_field f, size_t min, size_t max, const char **out)
+{
+	return read_string(h, req, body, key, f, min, max, false, out);
 }
 
 bool api_int(const struct lg_host *h, struct lg_req *req, const json_t *body, const char *key,

@@ -36,6 +36,10 @@ enum api_field {
  * after trimming (UTF-8 code points). Absent or null: *out = NULL. */
 bool api_str(const struct lg_host *h, struct lg_req *req, const json_t *body,
 	     const char *key, enum api_field f, size_t min, size_t max, const char **out);
+/** api_secret() - the same for a password: taken as it is, not trimmed
+ * (blanks are part of it); NUL refused. */
+bool api_secret(const struct lg_host *h, struct lg_req *req, const json_t *body,
+		const char *key, enum api_field f, size_t min, size_t max, const char **out);
 /** api_int() - an integer member (300.0 counts), @min..@max. */
 bool api_int(const struct lg_host *h, struct lg_req *req, const json_t *body,
 	     const char *key, enum api_field f, int64_t min, int64_t max,

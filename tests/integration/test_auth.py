@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
-"""The auth plugin: the master key is an admin key; anything else, or no
-master key configured, is refused."""
+"""The auth plugin's configuration and its first users: the master key is an
+admin key; API keys need a hashing secret; the bootstrap admin is created at
+start and logs in (POST /v1/auth/login) for a key that works; logins are
+limited per account; default secrets are refused beyond loopback."""
+import time
 import unittest
 
 import common
@@ -9,6 +12,23 @@ import lgtest
 from pgcluster import PgCluster
 
 MASTER = "master-key-for-tests-7f3a"
+ADMIN_PASSWORD = "bootstrap-password-for-tests"
+PERMISSIONS = ["admin", "create_public_collection", "provide_models", "read_metric"]
+
+
+def models():
+    return [{"name": "m1", "type": "text-generation",
+             "providers": [{"type": "mock", "url": "http://mock.invalid",
+                            "model_name": "mock-model"}]}]
+
+
+def config(**auth):
+    auth = dict({"master_key": MASTER, "bootstrap_admin_password": ADMIN_PASSWORD}, **auth)
+    return {"plugins": {"auth": auth, "mock": {}}, "models": models()}
+
+
+def login(g, email, password):
+    return g.request("POST", "/v1/auth/login", body={"email": email, "password": password})
 
 
 class MasterKey(unittest.TestCase):
@@ -32,15 +52,24 @@ class MasterKey(unittest.TestCase):
             r = g.request("GET", "/good/admin", headers={"Authorization": "Basic " + MASTER})
             self.assertEqual(r.status, 401)
             self.assertEqual(r.json()["detail"], "Invalid authentication scheme.")
+            # The scheme is "Bearer", exactly (spec §5.3).
+            r = g.request("GET", "/good/admin", headers={"Authorization": "bearer " + MASTER})
+            self.assertEqual(r.status, 401)
+            self.assertEqual(r.json()["detail"], "Invalid authentication scheme.")
             log = g.log()
         self.assertNotIn(MASTER, log)
 
     def test_no_master_key_configured(self):
-        cfg = {"plugins": {"auth": {}, "good": {}}}
+        cfg = {"plugins": {"auth": {"secret_key": "a-hashing-secret-for-tests"}, "good": {}}}
         with lgtest.Gateway(cfg, pg=self.pg,
                             env={"LLMGATE_PLUGIN_PATH": common.test_plugins_path()}) as g:
             r = g.request("GET", "/good/admin", headers={"Authorization": "Bearer changeme"})
             self.assertEqual(r.status, 401)
+
+    def test_no_secret_at_all_is_refused(self):
+        r = lgtest.run_llmgate(["--check"], config={"plugins": {"auth": {}}}, pg=self.pg)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("set secret_key (or master_key", r.stderr)
 
     def test_default_master_key_refused_beyond_loopback(self):
         for key in ("changeme", "short-key"):
@@ -55,8 +84,110 @@ class MasterKey(unittest.TestCase):
                "server": {"listen": ["127.0.0.1:0", "[::1]:0"]}}
         r = lgtest.run_llmgate(["--check"], config=cfg, pg=self.pg)
         self.assertEqual(r.returncode, 0, r.stderr)
-        cfg = {"plugins": {"auth": {"master_key": "x" * 40}}, "server": {"listen": ["0.0.0.0:0"]}}
+        cfg = {"plugins": {"auth": {"master_key": "x" * 40,
+                                    "bootstrap_admin_password": ADMIN_PASSWORD}},
+               "server": {"listen": ["0.0.0.0:0"]}}
         self.assertEqual(lgtest.run_llmgate(["--check"], config=cfg, pg=self.pg).returncode, 0)
+
+    def test_default_bootstrap_password_refused_beyond_loopback(self):
+        for password in (None, "changeme", "short-pw"):
+            auth = {"master_key": "x" * 40}
+            if password:
+                auth["bootstrap_admin_password"] = password
+            cfg = {"plugins": {"auth": auth}, "server": {"listen": ["0.0.0.0:0"]}}
+            r = lgtest.run_llmgate(["--check"], config=cfg, pg=self.pg)
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn("set a long random bootstrap_admin_password", r.stderr)
+            self.assertNotIn("changeme", r.stderr)
+            if password:
+                self.assertNotIn(password, r.stderr)
+
+
+class BootstrapAndLogin(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.pg = PgCluster().start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.pg.destroy()
+
+    def test_bootstrap_admin_logs_in_and_its_key_works(self):
+        with lgtest.Gateway(config(), pg=self.pg) as g:
+            rows = self.pg.psql(
+                "SELECT u.email, r.name, o.name, u.password LIKE '$argon2id$%', "
+                "(SELECT string_agg(permission, ',' ORDER BY permission) FROM permission p "
+                " WHERE p.role_id = r.id) FROM \"user\" u JOIN role r ON r.id = u.role_id "
+                "JOIN organization o ON o.id = u.organization_id")
+            self.assertEqual(rows, [["admin", "bootstrap_admin", "default", "t",
+                                     ",".join(PERMISSIONS)]])
+            self.assertNotIn(ADMIN_PASSWORD, self.pg.psql("SELECT password FROM \"user\"")[0][0])
+
+            r = login(g, "admin", ADMIN_PASSWORD)
+            self.assertEqual(r.status, 200, r.body)
+            body = r.json()
+            self.assertEqual(set(body), {"id", "key"})
+            key = body["key"]
+            self.assertRegex(key, r"^sk-[A-Za-z0-9_-]{43}$")
+            row = self.pg.psql("SELECT name, masked, extract(epoch FROM expires - now()), "
+                               "revoked FROM token WHERE id = %d" % body["id"])[0]
+            self.assertEqual(row[0], "_system_playground_key")
+            self.assertEqual(row[1], key[:8] + "..." + key[-8:])
+            self.assertTrue(3500 < float(row[2]) <= 3600, row[2])
+            self.assertEqual(row[3], "f")
+            self.assertEqual(self.pg.psql("SELECT count(*) FROM token WHERE "
+                                          "hash::text LIKE '%%%s%%'" % key[3:20])[0][0], "0")
+
+            r = g.request("GET", "/v1/models", headers={"Authorization": "Bearer " + key})
+            self.assertEqual(r.status, 200, r.body)
+            self.assertIn("m1", [m["id"] for m in r.json()["data"]])
+            # Twice: the second answer comes from the cache.
+            r = g.request("GET", "/v1/models", headers={"Authorization": "Bearer " + key})
+            self.assertEqual(r.status, 200, r.body)
+
+            for email, password in (("admin", ADMIN_PASSWORD + "x"), ("nobody", ADMIN_PASSWORD),
+                                    ("admin", "' OR '1'='1")):
+                r = login(g, email, password)
+                self.assertEqual(r.status, 401, r.body)
+                self.assertEqual(r.json()["detail"], "Invalid email or password.")
+            r = g.request("POST", "/v1/auth/login", body={"email": "admin"})
+            self.assertEqual(r.status, 422, r.body)
+            log = g.log()
+        self.assertNotIn(key, log)
+        self.assertNotIn(ADMIN_PASSWORD, log)
+
+        # A second start finds an admin and leaves it alone.
+        with lgtest.Gateway(config(bootstrap_admin_password="another-password-123"),
+                            pg=self.pg) as g:
+            self.assertEqual(login(g, "admin", ADMIN_PASSWORD).status, 200)
+            self.assertEqual(login(g, "admin", "another-password-123").status, 401)
+
+    def test_login_attempts_are_limited_per_account(self):
+        with lgtest.Gateway(config(login_attempts_per_minute=3), pg=self.pg) as g:
+            for _ in range(3):
+                self.assertEqual(login(g, "admin", "wrong-password").status, 401)
+            r = login(g, "admin", ADMIN_PASSWORD)
+            self.assertEqual(r.status, 429, r.body)
+            self.assertTrue(1 <= int(r.headers["Retry-After"]) <= 60, r.headers)
+            # Other accounts are not affected.
+            self.assertEqual(login(g, "someone-else", "wrong-password").status, 401)
+
+    def test_concurrent_logins_are_all_answered(self):
+        import threading
+        with lgtest.Gateway(config(password_hash_concurrency=1,
+                                   login_attempts_per_minute=100), pg=self.pg) as g:
+            results = []
+
+            def one(i):
+                pw = ADMIN_PASSWORD if i % 2 == 0 else "wrong-password"
+                results.append((i, login(g, "admin", pw).status))
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            self.assertEqual(sorted(results),
+                             [(i, 200 if i % 2 == 0 else 401) for i in range(8)])
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ class Commands(unittest.TestCase):
     def test_version(self):
         r = lgtest.run_llmgate(["--version"])
         self.assertEqual(r.returncode, 0)
-        self.assertRegex(r.stdout, r"^llmgate \d+\.\d+\.\d+ \(plugin ABI 1\.0, ")
+        self.assertRegex(r.stdout, r"^llmgate \d+\.\d+\.\d+ \(plugin ABI 1\.\d+, ")
 
     def test_unknown_command(self):
         r = lgtest.run_llmgate(["frobnicate"])

@@ -197,8 +197,10 @@ class Forwarding(GatewayCase):
         self.assertEqual(reply["model"], "chat-alias")
         self.assertTrue(reply["id"].startswith("chatcmpl-mock-"), reply["id"])
         self.assertEqual(reply["choices"][0]["message"]["content"], "Mock reply to: hello there")
+        # No prices, no parameter counts: cost and impacts 0 (test_cost.py).
         self.assertEqual(reply["usage"], {"prompt_tokens": 2, "completion_tokens": 5,
-                                          "total_tokens": 7})
+                                          "total_tokens": 7, "cost": 0,
+                                          "impacts": {"kWh": 0, "kgCO2eq": 0}})
         timing = r.headers["server-timing"]
         for phase in ("auth;dur=", "limits;dur=", "route;dur=", "upstream;dur=", "total;dur="):
             self.assertIn(phase, timing)
@@ -250,7 +252,8 @@ class Forwarding(GatewayCase):
         self.assertEqual(chunks[-1]["choices"], [])
         self.assertEqual(chunks[-1]["object"], "chat.completion.chunk")
         self.assertEqual(chunks[-1]["usage"], {"prompt_tokens": 2, "completion_tokens": 5,
-                                               "total_tokens": 7})
+                                               "total_tokens": 7, "cost": 0,
+                                               "impacts": {"kWh": 0, "kgCO2eq": 0}})
         text = "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks[:-1]
                        if ch["choices"])
         self.assertEqual(text, "Mock reply to: hello there")
@@ -276,6 +279,7 @@ class Forwarding(GatewayCase):
         expect = {"prompt_tokens": math.ceil(len("userhello there") / 4),
                   "completion_tokens": math.ceil(len("Mock reply to: hello there") / 4)}
         expect["total_tokens"] = expect["prompt_tokens"] + expect["completion_tokens"]
+        expect.update(cost=0, impacts={"kWh": 0, "kgCO2eq": 0})
         self.assertEqual(chunks[-1]["usage"], expect)
         c = self.complete(rid)
         self.assertTrue(c["usage_estimated"])

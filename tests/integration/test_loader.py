@@ -4,6 +4,7 @@
 names the file, both values and the fix; a good plugin's routes, hooks,
 settings, migrations and lifecycle work; init failures never reach fini."""
 import os
+import re
 import shutil
 import signal
 import stat
@@ -29,6 +30,14 @@ def so(name):
     return os.path.join(common.TEST_PLUGIN_DIR, name + ".so")
 
 
+
+def abi_minor():
+    """LG_ABI_MINOR of the SDK headers this llmgate was built from."""
+    header = os.path.join(os.environ["LLMGATE_SOURCE_ROOT"], "core", "include", "llmgate",
+                          "plugin.h")
+    with open(header) as f:
+        return int(re.search(r"#define LG_ABI_MINOR (\d+)", f.read()).group(1))
+
 class Refusals(unittest.TestCase):
     def assertRefused(self, r, *fragments):
         self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
@@ -43,8 +52,10 @@ class Refusals(unittest.TestCase):
                            "rebuild the plugin against llmgate-plugin-1")
 
     def test_newer_minor(self):
+        minor = abi_minor()
         r = check({"newer_minor": {}})
-        self.assertRefused(r, so("newer_minor"), "needs ABI 1.1", "has 1.0", "upgrade llmgate")
+        self.assertRefused(r, so("newer_minor"), "needs ABI 1.%d" % (minor + 1),
+                           "has 1.%d" % minor, "upgrade llmgate")
 
     def test_short_descriptor(self):
         r = check({"short_size": {}})

@@ -244,6 +244,13 @@ struct lg_host {
 	 * plugin's name and @why, so that load balancers and operators see it.
 	 * Ownership: @why is copied (truncated to 255 bytes). Thread: any. */
 	void (*set_ready)(struct lg_plugin *self, const char *why);
+	/** sync_workers() - return once every worker loop has finished the
+	 * callback it was running: a grace period, after which no worker
+	 * still holds a pointer it loaded before the call. With it a plugin
+	 * can publish read-mostly state by atomic pointer swap and free the
+	 * old state safely, with no lock on the request path. Thread: main or
+	 * work pool (never a worker: it would wait for itself). */
+	void (*sync_workers)(struct lg_plugin *self);
 
 	/* 1.2+ members go below, never above */
 };

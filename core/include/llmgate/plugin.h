@@ -17,7 +17,8 @@
  *   1.0  first release: descriptor, settings table, host vtable, routes,
  *        hooks, provider types, database, work pool, timers, HTTP client.
  *   1.1  host->model_access_add() (which models a caller may use),
- *        host->set_ready() (a plugin can fail /ready);
+ *        host->set_ready() (a plugin can fail /ready),
+ *        host->sync_workers() (a grace period for lock-free snapshots);
  *        struct lg_call gains cost, kwh and kgco2eq.
  */
 #ifndef LLMGATE_PLUGIN_H

@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""API keys on the request path: junk keys are refused without asking
+PostgreSQL (malformed ones never reach it, unknown ones are remembered);
+revocation is immediate on this instance and within a second on another;
+while PostgreSQL is down cached keys keep working and an unknown key gets
+503; an expired account gets 403 except on GET /v1/me; keys never reach the
+log; SQL metacharacters in the bearer token are only a bad key."""
+import time
+import unittest
+
+import common  # noqa: F401 (sets the path to tests/lib)
+import lgtest
+from pgcluster import PgCluster
+
+MASTER = "master-key-for-key-tests-93b1"
+ADMIN_PASSWORD = "bootstrap-password-for-key-tests"
+SQL_CORPUS = ["'", "''", "\";--", "\\", "$$", "%", "_", "/*", "1;DROP TABLE x",
+              "' OR '1'='1", "sk-' OR '1'='1", "%00", "x" * 10000]
+
+
+def models():
+    return [{"name": "m1", "type": "text-generation",
+             "providers": [{"type": "mock", "url": "http://mock.invalid",
+                            "model_name": "mock-model"}]}]
+
+
+def config(**auth):
+    auth = dict({"master_key": MASTER, "bootstrap_admin_password": ADMIN_PASSWORD}, **auth)
+    return {"plugins": {"auth": auth, "mock": {}}, "models": models()}
+
+
+def bearer(key):
+    return {"Authorization": "Bearer " + key}
+
+
+def models_status(g, key):
+    return g.request("GET", "/v1/models", headers=bearer(key)).status
+
+
+def new_key(g):
+    r = g.request("POST", "/v1/auth/login",
+                  body={"email": "admin", "password": ADMIN_PASSWORD})
+    assert r.status == 200, r
+    return r.json()
+
+
+def forged(key, keep):
+    """A well-formed key sharing the first @keep characters of @key."""
+    tail = "".join("A" if c != "A" else "B" for c in key[keep:-1]) + "A"
+    return key[:keep] + tail
+
+
+def wait_status(g, key, status, timeout):
+    """Seconds until @key gets @status, or None after @timeout."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if models_status(g, key) == status:
+            return time.monotonic() - start
+        time.sleep(0.02)
+    return None
+
+
+class Keys(unittest.TestCase):
+    def setUp(self):
+        self.pg = PgCluster().start()
+
+    def tearDown(self):
+        self.pg.destroy()
+
+    def test_junk_keys_never_reach_the_database(self):
+        with lgtest.Gateway(config(cache_negative_ttl="60s"), pg=self.pg) as g:
+            key = new_key(g)["key"]
+            self.assertEqual(models_status(g, key), 200)
+            unknown = forged(key, 20)
+            self.assertEqual(models_status(g, unknown), 401)
+            self.pg.stop()
+            try:
+                # Malformed: refused before any lookup, so no 503.
+                for junk in ["", "sk-", "sk-abc", key[:-1], key + "A", "sk_" + key[3:],
+                             key[:-1] + "B"] + SQL_CORPUS:
+                    r = g.request("GET", "/v1/models", headers=bearer(junk))
+                    self.assertEqual(r.status, 401, (junk[:30], r.body))
+                    if junk:        # "Bearer " alone loses its blank on the way
+                        self.assertEqual(r.json()["detail"], "Invalid API key.")
+                # Well formed but known to be unknown: remembered, still 401.
+                self.assertEqual(models_status(g, unknown), 401)
+                # A cached key keeps working.
+                self.assertEqual(models_status(g, key), 200)
+                # A well-formed key never seen: the database must say, and cannot.
+                r = g.request("GET", "/v1/models", headers=bearer(forged(key, 30)))
+                self.assertEqual(r.status, 503, r.body)
+                self.assertEqual(r.json()["detail"],
+                                 "The database is not available, please try again later.")
+                self.assertIn("Retry-After", r.headers)
+            finally:
+                self.pg.pg_ctl_start()
+            # Once the pool has reconnected, the database answers: unknown.
+            self.assertIsNotNone(wait_status(g, forged(key, 30), 401, 30))
+            log = g.log()
+        self.assertNotIn(key, log)
+        self.assertNotIn(key[3:20], log)
+
+    def test_stale_keys_serve_while_the_database_is_down(self):
+        with lgtest.Gateway(config(cache_ttl="0s"), pg=self.pg) as g:
+            key = new_key(g)["key"]
+            self.assertEqual(models_status(g, key), 200)
+            self.pg.stop()
+            try:
+                # Past its TTL at once: each request asks the database, which
+                # is down, so the cached answer is used.
+                for _ in range(5):
+                    self.assertEqual(models_status(g, key), 200)
+            finally:
+                self.pg.pg_ctl_start()
+            self.pg.psql("UPDATE token SET revoked = true")
+            self.assertIsNotNone(wait_status(g, key, 401, 10))
+
+    def test_revocation_on_this_and_another_instance(self):
+        with lgtest.Gateway(config(), pg=self.pg) as g1, \
+                lgtest.Gateway(config(), pg=self.pg) as g2:
+            made = new_key(g1)
+            key = made["key"]
+            other = new_key(g2)["key"]
+            for g in (g1, g2):
+                self.assertEqual(models_status(g, key), 200)
+                self.assertEqual(models_status(g, other), 200)
+            self.pg.psql("UPDATE token SET revoked = true, revoked_at = now() WHERE id = %d"
+                         % made["id"])
+            # Within a second by design; generous bounds for a loaded machine.
+            for g in (g1, g2):
+                took = wait_status(g, key, 401, 5)
+                self.assertIsNotNone(took, "the revoked key still works")
+                self.assertEqual(models_status(g, other), 200)
+
+    def test_deleted_user_and_expired_key(self):
+        with lgtest.Gateway(config(), pg=self.pg) as g:
+            made = new_key(g)
+            key = made["key"]
+            self.assertEqual(models_status(g, key), 200)
+            self.pg.psql("UPDATE token SET expires = now() - interval '1 second' WHERE id = %d"
+                         % made["id"])
+            self.assertIsNotNone(wait_status(g, key, 401, 5))
+
+    def test_expired_account(self):
+        with lgtest.Gateway(config(), pg=self.pg) as g:
+            key = new_key(g)["key"]
+            self.assertEqual(models_status(g, key), 200)
+            self.pg.psql("UPDATE \"user\" SET expires = now() - interval '1 day' "
+                         "WHERE email = 'admin'")
+            self.assertIsNotNone(wait_status(g, key, 403, 5))
+            r = g.request("GET", "/v1/models", headers=bearer(key))
+            self.assertEqual(r.json()["detail"],
+                             "Your account has expired. Please contact support to renew "
+                             "your account.")
+            r = g.request("GET", "/v1/me", headers=bearer(key))
+            self.assertNotEqual(r.status, 403, r.body)
+            self.assertNotEqual(r.status, 401, r.body)
+
+    def test_sql_metacharacters_in_the_bearer(self):
+        with lgtest.Gateway(config(), pg=self.pg) as g:
+            key = new_key(g)["key"]
+            for junk in SQL_CORPUS + [key[:20] + c * 26 for c in ("'", "%", "_", "\\")]:
+                r = g.request("GET", "/v1/models", headers=bearer(junk))
+                self.assertEqual(r.status, 401, (junk[:30], r.body))
+            self.assertEqual(models_status(g, key), 200)
+        self.assertNotIn("syntax error", self.pg.server_log())
+        self.assertNotIn("ERROR:", self.pg.server_log())
+
+
+if __name__ == "__main__":
+    lgtest.main()
