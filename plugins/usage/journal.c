@@ -25,7 +25,9 @@ struct journal {
 	int dir_fd;
 	uint64_t segment_size;
 	uint64_t *segs;         /* sequence numbers, oldest first */
+	uint64_t *sizes;        /* their sizes in bytes */
 	size_t nsegs, cap;
+	uint64_t bytes;         /* the sum of sizes */
 	int fd;                 /* the segment being written (segs[nsegs-1]), or -1 */
 	uint64_t written;       /* its size */
 	uint64_t next_seq;
@@ -36,7 +38,7 @@ static void seg_name(char *buf, size_t len, uint64_t seq)
 	snprintf(buf, len, SEG_PREFIX "%020" PRIu64 SEG_SUFFIX, seq);
 }
 
-static int seg_push(struct journal *j, uint64_t seq)
+static int seg_push(struct journal *j, uint64_t seq, uint64_t size)
 {
 	if (j->nsegs == j->cap) {
 		size_t cap = j->cap ? j->cap * 2 : 16;
@@ -45,17 +47,45 @@ static int seg_push(struct journal *j, uint64_t seq)
 		if (!s)
 			return -ENOMEM;
 		j->segs = s;
+		s = realloc(j->sizes, cap * sizeof *s);
+		if (!s)
+			return -ENOMEM;
+		j->sizes = s;
 		j->cap = cap;
 	}
-	j->segs[j->nsegs++] = seq;
+	j->segs[j->nsegs] = seq;
+	j->sizes[j->nsegs++] = size;
+	j->bytes += size;
 	return 0;
 }
 
-static int cmp_u64(const void *a, const void *b)
+struct seg_entry {
+	uint64_t seq, size;
+};
+
+static int cmp_seg(const void *a, const void *b)
 {
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	uint64_t x = ((const struct seg_entry *)a)->seq, y = ((const struct seg_entry *)b)->seq;
 
 	return (x > y) - (x < y);
+}
+
+/* Sequence numbers and sizes are parallel arrays: sort them together. */
+static int sort_segments(struct journal *j)
+{
+	struct seg_entry *e = malloc(j->nsegs * sizeof *e);
+
+	if (!e)
+		return -ENOMEM;
+	for (size_t i = 0; i < j->nsegs; i++)
+		e[i] = (struct seg_entry){ j->segs[i], j->sizes[i] };
+	qsort(e, j->nsegs, sizeof *e, cmp_seg);
+	for (size_t i = 0; i < j->nsegs; i++) {
+		j->segs[i] = e[i].seq;
+		j->sizes[i] = e[i].size;
+	}
+	free(e);
+	return 0;
 }
 
 static bool parse_seg_name(const char *name, uint64_t *seq)
@@ -75,6 +105,7 @@ static int scan_segments(struct journal *j)
 {
 	DIR *d = fdopendir(dup(j->dir_fd));
 	struct dirent *e;
+	struct stat st;
 	uint64_t seq;
 	int rc = 0;
 
@@ -83,15 +114,19 @@ static int scan_segments(struct journal *j)
 	while ((e = readdir(d))) {
 		if (!parse_seg_name(e->d_name, &seq))
 			continue;
-		rc = seg_push(j, seq);
+		if (fstatat(j->dir_fd, e->d_name, &st, 0) < 0) {
+			rc = -errno;
+			break;
+		}
+		rc = seg_push(j, seq, (uint64_t)st.st_size);
 		if (rc < 0)
 			break;
 		if (seq >= j->next_seq)
 			j->next_seq = seq + 1;
 	}
 	closedir(d);
-	if (j->nsegs > 1)
-		qsort(j->segs, j->nsegs, sizeof *j->segs, cmp_u64);
+	if (rc == 0 && j->nsegs > 1)
+		rc = sort_segments(j);
 	return rc;
 }
 
@@ -139,7 +174,7 @@ static int open_new_segment(struct journal *j)
 	j->fd = openat(j->dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
 	if (j->fd < 0)
 		return -errno;
-	rc = seg_push(j, j->next_seq);
+	rc = seg_push(j, j->next_seq, 0);
 	if (rc < 0) {
 		close(j->fd);
 		j->fd = -1;
@@ -152,6 +187,18 @@ static int open_new_segment(struct journal *j)
 	if (fsync(j->dir_fd) < 0)
 		return -errno;
 	return 0;
+}
+
+/* After a failed write the file holds an unknown part of it: ask. */
+static void resync_size(struct journal *j)
+{
+	struct stat st;
+	uint64_t *size = &j->sizes[j->nsegs - 1];
+
+	if (fstat(j->fd, &st) < 0)
+		return;
+	j->bytes = j->bytes - *size + (uint64_t)st.st_size;
+	*size = (uint64_t)st.st_size;
 }
 
 static void close_segment(struct journal *j)
@@ -234,16 +281,24 @@ int journal_append(struct journal *j, char *const *lines, size_t n)
 		rc = -errno;
 	if (rc < 0) {
 		/* A partial line is skipped on replay by its hash; start afresh. */
+		resync_size(j);
 		close_segment(j);
 		return rc;
 	}
 	j->written += len;
+	j->sizes[j->nsegs - 1] += len;
+	j->bytes += len;
 	return 0;
 }
 
 size_t journal_pending(const struct journal *j)
 {
 	return j->nsegs;
+}
+
+uint64_t journal_bytes(const struct journal *j)
+{
+	return j->bytes;
 }
 
 static int read_file(int dir_fd, const char *name, char **out, size_t *len)
@@ -376,7 +431,9 @@ int journal_drop(struct journal *j, uint64_t seq)
 	seg_name(name, sizeof name, seq);
 	if (unlinkat(j->dir_fd, name, 0) < 0 && errno != ENOENT)
 		return -errno;
+	j->bytes -= j->sizes[0];
 	memmove(j->segs, j->segs + 1, (j->nsegs - 1) * sizeof *j->segs);
+	memmove(j->sizes, j->sizes + 1, (j->nsegs - 1) * sizeof *j->sizes);
 	j->nsegs--;
 	if (fsync(j->dir_fd) < 0)
 		return -errno;
@@ -399,6 +456,7 @@ void journal_close(struct journal *j)
 	if (j->dir_fd >= 0)
 		close(j->dir_fd);
 	free(j->segs);
+	free(j->sizes);
 	free(j->dir);
 	free(j);
 }

@@ -28,6 +28,8 @@ int journal_open(const char *dir, uint64_t segment_size, struct journal **out);
 int journal_append(struct journal *j, char *const *lines, size_t n);
 /* journal_pending() - segments waiting to be replayed. */
 size_t journal_pending(const struct journal *j);
+/* journal_bytes() - the size of every segment on disk together. */
+uint64_t journal_bytes(const struct journal *j);
 /* journal_read_oldest() - the oldest segment's records; the segment is
  * closed first if it is the one being written. 0, -ENOENT if none, -errno. */
 int journal_read_oldest(struct journal *j, struct journal_batch *out);

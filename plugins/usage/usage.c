@@ -9,9 +9,18 @@
  * both in flight and journaled at shutdown) is counted once. stop() flushes
  * what is left, so SIGTERM loses nothing.
  *
+ * The journal has a size cap (journal_max_size). Once it is reached, new
+ * records wait in the queue; when that is full too they are dropped and
+ * counted, an error is logged (at most every ALARM_EVERY_MS) and /ready
+ * answers 503 until the journal shrinks.
+ *
  * Setting enabled: false turns the ledger off (the plugin cannot read the
- * core's settings.monitoring_postgres_enabled; set both). */
+ * core's settings.monitoring_postgres_enabled; set both). The COMPLETE hook
+ * also feeds GET /metrics (metrics.c); queries.c serves the usage API and
+ * retention.c keeps the monthly partitions. */
 #include <errno.h>
+#include <inttypes.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,24 +31,16 @@
 #include <llmgate/host.h>
 
 #include "journal.h"
+#include "usage.h"
 
 #define RECORD_ID_BYTES 16
 #define TICK_MS_MAX 50          /* how often the timer looks at the queue */
-#define SQL_MAX 256
+#define ALARM_EVERY_MS 10000    /* the most often "records are lost" is logged */
 
 extern const struct lg_migration usage_migrations[];
 
-static const char insert_sql[] =
-	"INSERT INTO usage (record_id, request_id, created, endpoint, method, status, "
-	"user_id, key_id, organization_id, user_name, key_name, model_id, model_name, "
-	"provider_id, provider_model, prompt_tokens, completion_tokens, total_tokens, "
-	"usage_estimated, latency_ms, ttft_ms, cost, client_gone, error) "
-	"SELECT record_id, request_id, created, endpoint, method, status, "
-	"user_id, key_id, organization_id, user_name, key_name, model_id, model_name, "
-	"provider_id, provider_model, prompt_tokens, completion_tokens, total_tokens, "
-	"usage_estimated, latency_ms, ttft_ms, cost, client_gone, error "
-	"FROM json_populate_recordset(NULL::usage, $1::json) "
-	"ON CONFLICT DO NOTHING";
+/* sql/usage/0002: the batch insert, with the lock wait as its second parameter. */
+static const char insert_sql[] = "SELECT usage_insert_batch($1::json, $2::text)";
 
 enum flight_source { FROM_QUEUE, FROM_JOURNAL };
 
@@ -51,32 +52,6 @@ struct flight {
 	char **lines;
 	size_t n;
 	bool orphaned;          /* stop() took over; the callback only frees it */
-};
-
-struct usage {
-	const struct lg_host *host;
-	struct lg_plugin *self;
-	bool enabled;
-	const char *journal_dir;
-	uint64_t flush_interval_ms, retry_interval_ms, segment_size;
-	size_t batch_size, queue_max;
-
-	/* filled by the COMPLETE hook on every worker */
-	pthread_mutex_t lock;
-	char **ring;
-	size_t head, count;
-	uint64_t dropped;
-
-	/* main thread only */
-	struct lg_timer *timer;
-	struct journal *journal;
-	struct flight *inflight;
-	struct journal_batch replay;    /* the segment being replayed */
-	size_t replay_next;
-	bool replaying;
-	bool db_down;
-	uint64_t last_flush_ms, retry_at_ms;
-	uint64_t dropped_logged;
 };
 
 static const struct lg_setting usage_settings[] = {
@@ -95,6 +70,20 @@ static const struct lg_setting usage_settings[] = {
 	  "how often the journal is retried while PostgreSQL refuses it" },
 	{ "segment_size", LG_SETTING_SIZE, "16M", 4096, 1073741824.0, 0,
 	  "size after which the journal starts a new segment file" },
+	{ "journal_max_size", LG_SETTING_SIZE, "1G", 4096, 1099511627776.0, 0,
+	  "the journal's cap: beyond it records wait in the queue, then are dropped and "
+	  "counted, and /ready answers 503" },
+	{ "lock_timeout", LG_SETTING_DURATION, "1s", 10, 600000, 0,
+	  "how long an insert waits for a lock on usage (LOCK TABLE, a partition drop) "
+	  "before its batch goes to the journal" },
+	{ "retention_days", LG_SETTING_INT, "0", 0, 36500, 0,
+	  "drop monthly partitions whose month ended more than this many days ago; 0 keeps "
+	  "everything (OpenGateLLM's settings.usage_retention_days)" },
+	{ "maintenance_interval", LG_SETTING_DURATION, "24h", 1000, 604800000.0, 0,
+	  "how often the next month's partition is created and retention applied (also "
+	  "once at start)" },
+	{ "metrics", LG_SETTING_BOOL, "true", 0, 0, 0,
+	  "serve GET /metrics; false mirrors settings.monitoring_prometheus_enabled: false" },
 };
 
 static uint64_t now_ms(void)
@@ -129,11 +118,27 @@ static json_t *id_or_null(int64_t id)
 	return id > 0 ? json_integer(id) : json_null();
 }
 
-/* Cost per OpenGateLLM: prices are per million tokens. */
-static double call_cost(const struct lg_call *c)
+double usage_call_cost(const struct lg_call *c)
 {
-	return (double)c->prompt_tokens * c->cost_prompt_tokens / 1e6 +
-	       (double)c->completion_tokens * c->cost_completion_tokens / 1e6;
+	double cost;
+
+	if (CALL_HAS(c, cost))
+		cost = c->cost;
+	else
+		cost = (double)c->prompt_tokens * c->cost_prompt_tokens / 1e6 +
+		       (double)c->completion_tokens * c->cost_completion_tokens / 1e6;
+	return isfinite(cost) ? cost : 0;
+}
+
+/* The impacts the host gave (ABI 1.1), or NULL: unknown, not zero. */
+static json_t *call_kwh(const struct lg_call *c)
+{
+	return CALL_HAS(c, kwh) && isfinite(c->kwh) ? json_real(c->kwh) : json_null();
+}
+
+static json_t *call_kgco2eq(const struct lg_call *c)
+{
+	return CALL_HAS(c, kgco2eq) && isfinite(c->kgco2eq) ? json_real(c->kgco2eq) : json_null();
 }
 
 static char *record_json(const struct lg_call *c, const char *method,
@@ -147,8 +152,8 @@ static char *record_json(const struct lg_call *c, const char *method,
 	randombytes_buf(rid, sizeof rid);
 	sodium_bin2hex(rid_hex, sizeof rid_hex, rid, sizeof rid);
 	utc_now(created, sizeof created);
-	rec = json_pack("{s:s,s:o,s:s,s:o,s:o,s:i,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,"
-			"s:I,s:I,s:I,s:b,s:f,s:o,s:f,s:b,s:o}",
+	rec = json_pack("{s:s,s:o,s:s,s:o,s:o,s:i,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,"
+			"s:I,s:I,s:I,s:b,s:f,s:o,s:f,s:o,s:o,s:b,s:o}",
 			"record_id", rid_hex,
 			"request_id", json_string(c->request_id ? c->request_id : ""),
 			"created", created,
@@ -163,6 +168,7 @@ static char *record_json(const struct lg_call *c, const char *method,
 			"model_id", id_or_null(c->model_id),
 			"model_name", str_or_null(c->model_name),
 			"provider_id", id_or_null(c->provider_id),
+			"provider_type", str_or_null(c->provider_type),
 			"provider_model", str_or_null(c->provider_model),
 			"prompt_tokens", (json_int_t)c->prompt_tokens,
 			"completion_tokens", (json_int_t)c->completion_tokens,
@@ -170,7 +176,9 @@ static char *record_json(const struct lg_call *c, const char *method,
 			"usage_estimated", c->usage_estimated,
 			"latency_ms", c->latency_ms,
 			"ttft_ms", c->ttft_ms >= 0 ? json_real(c->ttft_ms) : json_null(),
-			"cost", call_cost(c),
+			"cost", usage_call_cost(c),
+			"kwh", call_kwh(c),
+			"kgco2eq", call_kgco2eq(c),
 			"client_gone", c->client_gone,
 			"error", str_or_null(c->error));
 	if (!rec)
@@ -204,6 +212,10 @@ static enum lg_hook_result on_complete(struct lg_req *req, void *ud)
 	char *line;
 
 	if (!c)
+		return LG_HOOK_OK;
+	if (u->metrics)
+		usage_metrics_record(u->metrics, c);
+	if (!u->enabled)
 		return LG_HOOK_OK;
 	line = record_json(c, u->host->req_method(req), u->host->req_principal(req));
 	if (!line) {
@@ -286,28 +298,101 @@ static char *batch_param(char *const *lines, size_t n)
 	return buf;
 }
 
-static void log_dropped(struct usage *u)
+static uint64_t queue_dropped(struct usage *u)
 {
 	uint64_t dropped;
 
 	pthread_mutex_lock(&u->lock);
 	dropped = u->dropped;
 	pthread_mutex_unlock(&u->lock);
-	if (dropped != u->dropped_logged) {
-		u->host->log(u->self, LG_LOG_ERROR, "usage: queue full (queue_max %zu): %llu "
-			     "records lost so far", u->queue_max, (unsigned long long)dropped);
-		u->dropped_logged = dropped;
+	return dropped;
+}
+
+/* Lost records are an error worth shouting about, but at most every
+ * ALARM_EVERY_MS so that the log stays readable; @now_anyway at stop. */
+static void log_dropped(struct usage *u, bool now_anyway)
+{
+	uint64_t queue_full = queue_dropped(u);
+	uint64_t journal_full = atomic_load(&u->dropped_journal_full);
+	uint64_t journal_error = atomic_load(&u->dropped_journal_error);
+	uint64_t dropped = queue_full + journal_full + journal_error, now = now_ms();
+
+	if (dropped == u->dropped_logged)
+		return;
+	if (!now_anyway && u->alarm_logged_ms && now - u->alarm_logged_ms < ALARM_EVERY_MS)
+		return;
+	u->host->log(u->self, LG_LOG_ERROR, "usage: %" PRIu64 " usage records lost so far "
+		     "(queue full: %" PRIu64 ", journal full: %" PRIu64 ", journal not writable: "
+		     "%" PRIu64 "); queue %zu of %zu, journal %" PRIu64 " of %" PRIu64 " bytes",
+		     dropped, queue_full, journal_full, journal_error, queue_len(u), u->queue_max,
+		     u->journal ? journal_bytes(u->journal) : 0, u->journal_max_size);
+	u->dropped_logged = dropped;
+	u->alarm_logged_ms = now;
+}
+
+static void set_ready(struct usage *u, const char *why)
+{
+	if (LG_HOST_HAS(u->host, set_ready))
+		u->host->set_ready(u->self, why);
+}
+
+static bool journal_at_cap(struct usage *u)
+{
+	return journal_bytes(u->journal) >= u->journal_max_size;
+}
+
+/* Publishes the journal's size for GET /metrics, and whether it is full
+ * for /ready. Thread: main. */
+static void journal_state(struct usage *u)
+{
+	bool full;
+
+	if (!u->journal)
+		return;
+	full = journal_at_cap(u);
+	atomic_store(&u->journal_bytes, journal_bytes(u->journal));
+	atomic_store(&u->journal_segments, journal_pending(u->journal));
+	if (full == atomic_load(&u->journal_full))
+		return;
+	atomic_store(&u->journal_full, full);
+	if (full) {
+		u->host->log(u->self, LG_LOG_ERROR, "usage: the journal in %s reached "
+			     "journal_max_size (%" PRIu64 " bytes): new records wait in memory "
+			     "(queue_max %zu), then are lost, until PostgreSQL takes the journal",
+			     u->journal_dir, u->journal_max_size, u->queue_max);
+		set_ready(u, "the usage journal is full (journal_max_size): usage records are "
+			  "being lost");
+	} else {
+		u->host->log(u->self, LG_LOG_INFO, "usage: the journal is below journal_max_size "
+			     "again");
+		set_ready(u, NULL);
 	}
 }
 
-/* Last resort for records the database did not take. */
+/* Last resort for records the database did not take. Thread: main. */
 static void journal_or_lose(struct usage *u, char **lines, size_t n)
 {
-	int rc = journal_append(u->journal, lines, n);
+	uint64_t now;
+	int rc;
 
-	if (rc < 0)
+	if (journal_at_cap(u)) {
+		atomic_fetch_add(&u->dropped_journal_full, n);
+		journal_state(u);
+		log_dropped(u, false);
+		return;
+	}
+	rc = journal_append(u->journal, lines, n);
+	if (rc == 0) {
+		atomic_fetch_add(&u->rows_journaled, n);
+		journal_state(u);
+		return;
+	}
+	atomic_fetch_add(&u->dropped_journal_error, n);
+	now = now_ms();
+	if (!u->alarm_logged_ms || now - u->alarm_logged_ms >= ALARM_EVERY_MS)
 		u->host->log(u->self, LG_LOG_ERROR, "usage: cannot write the journal in %s "
 			     "(%s): %zu records lost", u->journal_dir, strerror(-rc), n);
+	log_dropped(u, false);
 }
 
 static void note_db_down(struct usage *u, const char *error)
@@ -316,14 +401,19 @@ static void note_db_down(struct usage *u, const char *error)
 		u->host->log(u->self, LG_LOG_WARN, "usage: PostgreSQL refused a batch, keeping "
 			     "records in the journal until it is back: %s", error);
 	u->db_down = true;
+	atomic_store(&u->db_up, false);
 	u->retry_at_ms = now_ms() + u->retry_interval_ms;
 }
 
-static void note_db_up(struct usage *u)
+static void note_db_up(struct usage *u, const PGresult *res)
 {
 	if (u->db_down)
 		u->host->log(u->self, LG_LOG_INFO, "usage: PostgreSQL takes batches again");
 	u->db_down = false;
+	atomic_store(&u->db_up, true);
+	/* Rows really added: a batch sent twice adds nothing the second time. */
+	if (res && PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
+		atomic_fetch_add(&u->rows_inserted, strtoull(PQgetvalue(res, 0, 0), NULL, 10));
 }
 
 static void replay_advance(struct usage *u, size_t n)
@@ -340,6 +430,7 @@ static void replay_advance(struct usage *u, size_t n)
 	journal_batch_free(&u->replay);
 	u->replay_next = 0;
 	u->replaying = false;
+	journal_state(u);
 }
 
 static void flight_free(struct flight *f)
@@ -354,7 +445,6 @@ static void on_inserted(const PGresult *res, const char *error, void *arg)
 	struct flight *f = arg;
 	struct usage *u;
 
-	(void)res;
 	/* stop() took over this batch, and the host may deliver its result
 	 * after fini(): the plugin's state is gone, only the flight is left. */
 	if (f->orphaned) {
@@ -368,7 +458,7 @@ static void on_inserted(const PGresult *res, const char *error, void *arg)
 		if (f->src == FROM_QUEUE)
 			journal_or_lose(u, f->lines, f->n);
 	} else {
-		note_db_up(u);
+		note_db_up(u, res);
 		if (f->src == FROM_JOURNAL)
 			replay_advance(u, f->n);
 	}
@@ -380,13 +470,13 @@ static int send_batch(struct usage *u, enum flight_source src, char **lines, siz
 {
 	struct flight *f = calloc(1, sizeof *f);
 	char *param = batch_param(lines, n);
-	const char *params[1] = { param };
+	const char *params[2] = { param, u->lock_timeout_text };
 	int rc = -ENOMEM;
 
 	if (!f || !param)
 		goto fail;
 	*f = (struct flight){ .u = u, .src = src, .lines = lines, .n = n };
-	rc = u->host->db_query(u->self, insert_sql, 1, params, on_inserted, f);
+	rc = u->host->db_query(u->self, insert_sql, 2, params, on_inserted, f);
 	if (rc < 0)
 		goto fail;
 	free(param);
@@ -414,13 +504,15 @@ static void flush_queue(struct usage *u)
 	}
 }
 
-/* While the journal holds records, new ones join it, so the order holds. */
-static void queue_to_journal(struct usage *u)
+/* While the journal holds records, new ones join it, so the order holds.
+ * At its cap they stay in the queue, which is the last buffer before
+ * records are lost, unless @all (at stop: there is nowhere else). */
+static void queue_to_journal(struct usage *u, bool all)
 {
 	size_t n;
 	char **lines;
 
-	while ((lines = queue_take(u, u->batch_size, &n))) {
+	while ((all || !journal_at_cap(u)) && (lines = queue_take(u, u->batch_size, &n))) {
 		journal_or_lose(u, lines, n);
 		free_lines(lines, n);
 	}
@@ -458,19 +550,14 @@ static void replay_chunk(struct usage *u)
 		note_db_down(u, strerror(-rc));
 }
 
-static void on_tick(void *arg)
+static void flush_or_replay(struct usage *u)
 {
-	struct usage *u = arg;
 	uint64_t now = now_ms();
-	size_t queued;
+	size_t queued = queue_len(u);
 
-	log_dropped(u);
-	if (u->inflight)
-		return;
-	queued = queue_len(u);
 	if (u->replaying || journal_pending(u->journal) > 0) {
 		if (queued > 0)
-			queue_to_journal(u);
+			queue_to_journal(u, false);
 		if (now >= u->retry_at_ms)
 			replay_chunk(u);
 		return;
@@ -481,39 +568,38 @@ static void on_tick(void *arg)
 	flush_queue(u);
 }
 
+static void on_tick(void *arg)
+{
+	struct usage *u = arg;
+
+	if (!u->inflight)
+		flush_or_replay(u);
+	journal_state(u);
+	log_dropped(u, false);
+}
+
+void usage_ledger_stats(struct usage *u, struct ledger_stats *out)
+{
+	*out = (struct ledger_stats){ .enabled = u->enabled };
+	if (!u->enabled)
+		return;
+	pthread_mutex_lock(&u->lock);
+	out->queue_depth = u->count;
+	out->dropped_queue_full = u->dropped;
+	pthread_mutex_unlock(&u->lock);
+	out->queue_max = u->queue_max;
+	out->journal_bytes = atomic_load(&u->journal_bytes);
+	out->journal_max = u->journal_max_size;
+	out->journal_segments = atomic_load(&u->journal_segments);
+	out->journal_full = atomic_load(&u->journal_full);
+	out->db_up = atomic_load(&u->db_up);
+	out->dropped_journal_full = atomic_load(&u->dropped_journal_full);
+	out->dropped_journal_error = atomic_load(&u->dropped_journal_error);
+	out->rows_inserted = atomic_load(&u->rows_inserted);
+	out->rows_journaled = atomic_load(&u->rows_journaled);
+}
+
 /* ---- lifecycle ---- */
-
-static void month_start(int year, int month, char *buf, size_t len)
-{
-	snprintf(buf, len, "%04d-%02d-01 00:00:00+00", year + (month - 1) / 12,
-		 (month - 1) % 12 + 1);
-}
-
-/* The current and next month get their partitions; anything else lands in
- * the default partition, so a failure here costs speed, not rows. */
-static void create_partitions(struct usage *u)
-{
-	time_t t = time(NULL);
-	struct tm tm;
-	char from[40], to[40], sql[SQL_MAX], err[256];
-	PGresult *res = NULL;
-
-	gmtime_r(&t, &tm);
-	for (int k = 0; k < 2; k++) {
-		int year = tm.tm_year + 1900, month = tm.tm_mon + 1 + k;
-
-		month_start(year, month, from, sizeof from);
-		month_start(year, month + 1, to, sizeof to);
-		snprintf(sql, sizeof sql, "CREATE TABLE IF NOT EXISTS usage_p%04d%02d PARTITION "
-			 "OF usage FOR VALUES FROM ('%s') TO ('%s')",
-			 year + (month - 1) / 12, (month - 1) % 12 + 1, from, to);
-		if (u->host->db_query_sync(u->self, sql, 0, NULL, &res, err, sizeof err) < 0)
-			u->host->log(u->self, LG_LOG_WARN, "usage: cannot create the partition "
-				     "from %s (rows go to usage_default): %s", from, err);
-		PQclear(res);
-		res = NULL;
-	}
-}
 
 static int usage_start(struct lg_plugin *self, const struct lg_host *host)
 {
@@ -531,13 +617,20 @@ static int usage_start(struct lg_plugin *self, const struct lg_host *host)
 	if (journal_pending(u->journal) > 0)
 		host->log(self, LG_LOG_INFO, "usage: %zu journal segments to replay",
 			  journal_pending(u->journal));
-	create_partitions(u);
+	/* A journal left over the cap by a previous run: not ready at once. */
+	journal_state(u);
+	usage_partitions_now(u);
 	u->last_flush_ms = now_ms();
 	u->timer = host->timer_start(self, u->flush_interval_ms < TICK_MS_MAX ?
 				     u->flush_interval_ms : TICK_MS_MAX, true, on_tick, u);
 	if (!u->timer) {
 		host->set_error(self, "cannot start the flush timer");
 		return -ENOMEM;
+	}
+	rc = usage_partitions_timer(u);
+	if (rc < 0) {
+		host->set_error(self, "cannot start the partition timer");
+		return rc;
 	}
 	return 0;
 }
@@ -546,12 +639,13 @@ static int usage_start(struct lg_plugin *self, const struct lg_host *host)
 static void insert_sync(struct usage *u, char **lines, size_t n)
 {
 	char *param = batch_param(lines, n);
-	const char *params[1] = { param };
+	const char *params[2] = { param, u->lock_timeout_text };
 	PGresult *res = NULL;
 	char err[256] = "out of memory";
 
-	if (param && u->host->db_query_sync(u->self, insert_sql, 1, params, &res, err,
+	if (param && u->host->db_query_sync(u->self, insert_sql, 2, params, &res, err,
 					    sizeof err) == 0) {
+		note_db_up(u, res);
 		PQclear(res);
 		free(param);
 		return;
@@ -572,6 +666,8 @@ static void usage_stop(struct lg_plugin *self, const struct lg_host *host)
 
 	if (!u->enabled)
 		return;
+	u->stopping = true;
+	usage_partitions_stop(u);
 	host->timer_stop(u->timer);
 	u->timer = NULL;
 	if (f && f->src == FROM_QUEUE) {
@@ -587,17 +683,18 @@ static void usage_stop(struct lg_plugin *self, const struct lg_host *host)
 	/* Records behind a journal keep their order there; the next start
 	 * replays them. */
 	if (u->replaying || journal_pending(u->journal) > 0) {
-		queue_to_journal(u);
-		return;
+		queue_to_journal(u, true);
+	} else {
+		while ((lines = queue_take(u, u->batch_size, &n))) {
+			if (u->db_down)
+				journal_or_lose(u, lines, n);
+			else
+				insert_sync(u, lines, n);
+			free_lines(lines, n);
+		}
 	}
-	while ((lines = queue_take(u, u->batch_size, &n))) {
-		if (u->db_down)
-			journal_or_lose(u, lines, n);
-		else
-			insert_sync(u, lines, n);
-		free_lines(lines, n);
-	}
-	log_dropped(u);
+	journal_state(u);
+	log_dropped(u, true);
 }
 
 static int read_settings(struct usage *u)
@@ -606,9 +703,14 @@ static int read_settings(struct usage *u)
 	int64_t batch, qmax;
 
 	if (h->cfg_bool(u->self, "enabled", &u->enabled) < 0 ||
+	    h->cfg_bool(u->self, "metrics", &u->metrics_enabled) < 0 ||
 	    h->cfg_u64(u->self, "flush_interval", &u->flush_interval_ms) < 0 ||
 	    h->cfg_u64(u->self, "retry_interval", &u->retry_interval_ms) < 0 ||
 	    h->cfg_u64(u->self, "segment_size", &u->segment_size) < 0 ||
+	    h->cfg_u64(u->self, "journal_max_size", &u->journal_max_size) < 0 ||
+	    h->cfg_u64(u->self, "lock_timeout", &u->lock_timeout_ms) < 0 ||
+	    h->cfg_u64(u->self, "maintenance_interval", &u->maintenance_interval_ms) < 0 ||
+	    h->cfg_int(u->self, "retention_days", &u->retention_days) < 0 ||
 	    h->cfg_int(u->self, "batch_size", &batch) < 0 ||
 	    h->cfg_int(u->self, "queue_max", &qmax) < 0) {
 		h->set_error(u->self, "cannot read the settings");
@@ -616,6 +718,8 @@ static int read_settings(struct usage *u)
 	}
 	u->batch_size = (size_t)batch;
 	u->queue_max = (size_t)qmax;
+	snprintf(u->lock_timeout_text, sizeof u->lock_timeout_text, "%" PRIu64,
+		 u->lock_timeout_ms);
 	if (u->enabled && (h->cfg_str(u->self, "journal_dir", &u->journal_dir) < 0 ||
 			   !u->journal_dir || !*u->journal_dir)) {
 		h->set_error(u->self, "journal_dir is required (where records wait while "
@@ -636,6 +740,7 @@ static void usage_free(struct usage *u)
 	}
 	journal_batch_free(&u->replay);
 	journal_close(u->journal);
+	usage_metrics_free(u->metrics);
 	pthread_mutex_destroy(&u->lock);
 	free(u);
 }
@@ -654,6 +759,7 @@ static int usage_init(struct lg_plugin *self, const struct lg_host *host)
 		return -ENOMEM;
 	u->host = host;
 	u->self = self;
+	atomic_init(&u->db_up, true);
 	if (pthread_mutex_init(&u->lock, NULL) != 0) {
 		free(u);
 		return -ENOMEM;
@@ -661,20 +767,26 @@ static int usage_init(struct lg_plugin *self, const struct lg_host *host)
 	rc = read_settings(u);
 	if (rc < 0)
 		goto fail;
-	if (!u->enabled) {
-		host->log(self, LG_LOG_INFO, "usage: disabled, no usage is recorded");
-		host->set_data(self, u);
-		return 0;
-	}
+	if (!u->enabled)
+		host->log(self, LG_LOG_INFO, "usage: the ledger is disabled, no usage is recorded");
 	rc = -ENOMEM;
-	u->ring = calloc(u->queue_max, sizeof *u->ring);
-	if (!u->ring)
+	if (u->enabled && !(u->ring = calloc(u->queue_max, sizeof *u->ring)))
 		goto fail;
-	rc = host->hook_add(self, LG_PHASE_COMPLETE, on_complete, 1000, u);
-	if (rc < 0) {
-		host->set_error(self, "cannot add the COMPLETE hook");
-		goto fail;
+	if (u->metrics_enabled) {
+		rc = usage_metrics_init(u);
+		if (rc < 0)
+			goto fail;
 	}
+	if (u->enabled || u->metrics_enabled) {
+		rc = host->hook_add(self, LG_PHASE_COMPLETE, on_complete, 1000, u);
+		if (rc < 0) {
+			host->set_error(self, "cannot add the COMPLETE hook");
+			goto fail;
+		}
+	}
+	rc = usage_queries_init(u);
+	if (rc < 0)
+		goto fail;
 	host->set_data(self, u);
 	return 0;
 fail:
@@ -687,14 +799,16 @@ static void usage_fini(struct lg_plugin *self, const struct lg_host *host)
 	struct usage *u = host->get_data(self);
 
 	/* Records that arrived after stop() still reach the journal. */
-	if (u->journal)
-		queue_to_journal(u);
+	if (u->journal) {
+		queue_to_journal(u, true);
+		log_dropped(u, true);
+	}
 	usage_free(u);
 }
 
-LG_PLUGIN(.name = "usage", .version = "0.1.0",
+LG_PLUGIN(.name = "usage", .version = "0.2.0",
 	  .description = "usage ledger: one row per forwarded call, journaled while "
-			 "PostgreSQL is unavailable",
+			 "PostgreSQL is unavailable; usage queries and Prometheus metrics",
 	  .migrations = usage_migrations,
 	  .settings = usage_settings, .n_settings = LG_COUNT(usage_settings),
 	  .init = usage_init, .start = usage_start, .stop = usage_stop, .fini = usage_fini);

@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
 """The usage plugin: one row per forwarded call, every field as the reply
-showed it; no row lost or doubled when PostgreSQL goes away under load or
-when the server is stopped under load; a damaged journal line is skipped."""
+showed it; no row lost or doubled when PostgreSQL goes away under load, when
+usage is locked under load, or when the server is stopped under load; a
+damaged journal line is skipped; a full journal is said loudly (log, metric,
+/ready) and its losses counted; monthly partitions made ahead and dropped
+past the retention."""
 import datetime
 import hashlib
 import json
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -26,9 +30,9 @@ COST_PROMPT = 2.5          # per million tokens
 COST_COMPLETION = 10.0
 COLUMNS = ("record_id", "request_id", "created", "endpoint", "method", "status", "user_id",
            "key_id", "organization_id", "user_name", "key_name", "model_id", "model_name",
-           "provider_id", "provider_model", "prompt_tokens", "completion_tokens",
-           "total_tokens", "usage_estimated", "latency_ms", "ttft_ms", "cost", "client_gone",
-           "error")
+           "provider_id", "provider_type", "provider_model", "prompt_tokens",
+           "completion_tokens", "total_tokens", "usage_estimated", "latency_ms", "ttft_ms",
+           "cost", "kwh", "kgco2eq", "client_gone", "error")
 ROWS_TIMEOUT = 60          # seconds for rows to arrive (sanitizers, loaded host)
 
 
@@ -36,7 +40,8 @@ def models():
     return [{"name": "priced", "type": "text-generation", "aliases": ["priced-alias"],
              "cost_prompt_tokens": COST_PROMPT, "cost_completion_tokens": COST_COMPLETION,
              "providers": [{"type": "mock", "url": "http://mock.invalid",
-                            "model_name": "mock-model"}]}]
+                            "model_name": "mock-model", "model_total_params": 140,
+                            "model_active_params": 35, "model_hosting_zone": "FRA"}]}]
 
 
 def config(journal_dir, **usage):
@@ -128,6 +133,98 @@ class Load:
         return list(self.done)
 
 
+def scrape(g):
+    """GET /metrics as {"name{labels}": value}."""
+    r = g.request("GET", "/metrics", headers=AUTH)
+    if r.status != 200:
+        raise AssertionError("GET /metrics: %r" % r)
+    out = {}
+    for line in r.text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
+def dropped(g):
+    m = scrape(g)
+    return int(sum(v for k, v in m.items() if k.startswith("llmgate_usage_dropped_total")))
+
+
+class Locker:
+    """psql holding LOCK TABLE usage IN ACCESS EXCLUSIVE MODE in an open
+    transaction, for @seconds or until release()."""
+    APP = "usage-locker"
+
+    def __init__(self, pg, seconds=600):
+        self.pg = pg
+        env = dict(os.environ, PGPASSWORD=pg.password, PGAPPNAME=self.APP)
+        self.proc = subprocess.Popen(
+            ["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-X", "-q",
+             "-v", "ON_ERROR_STOP=1", "-c", "BEGIN",
+             "-c", "LOCK TABLE usage IN ACCESS EXCLUSIVE MODE",
+             "-c", "SELECT pg_sleep(%d)" % seconds, "-c", "COMMIT"],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+
+    def held(self):
+        return self.pg.psql(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE a.application_name = '%s' AND l.relation = 'usage'::regclass "
+            "AND l.mode = 'AccessExclusiveLock' AND l.granted" % self.APP) == [["1"]]
+
+    def wait_held(self, timeout=20):
+        deadline = time.monotonic() + timeout
+        while not self.held():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError("psql did not take the lock")
+            time.sleep(0.05)
+
+    def release(self):
+        self.pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE application_name = '%s'" % self.APP)
+        self.proc.wait(30)
+
+    def wait(self, timeout=60):
+        self.proc.wait(timeout)
+
+
+def wait_until(test, what, fn, timeout=ROWS_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while not fn():
+        if time.monotonic() > deadline:
+            test.fail("not within %d s: %s" % (timeout, what))
+        time.sleep(0.1)
+
+
+def month_add(year, month, k):
+    n = year * 12 + month - 1 + k
+    return n // 12, n % 12 + 1
+
+
+def partition_name(year, month):
+    return "usage_p%04d%02d" % (year, month)
+
+
+def create_partition(pg, year, month):
+    ny, nm = month_add(year, month, 1)
+    pg.psql("CREATE TABLE %s PARTITION OF usage FOR VALUES FROM ('%04d-%02d-01 00:00:00+00') "
+            "TO ('%04d-%02d-01 00:00:00+00')" % (partition_name(year, month), year, month,
+                                                  ny, nm))
+
+
+def partitions(pg):
+    return {r[0] for r in pg.psql(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'usage'::regclass")}
+
+
+def insert_row(pg, rid, created):
+    pg.psql("INSERT INTO usage (record_id, request_id, created, endpoint, method, status, "
+            "latency_ms) VALUES ('%s', '%s', '%s', '%s', 'POST', 200, 1)"
+            % (uuid.uuid4().hex, rid, created, CHAT))
+
+
 def journal_line(record):
     text = json.dumps(record, separators=(",", ":"))
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest() + " " + text + "\n"
@@ -200,8 +297,8 @@ class Fields(UsageCase):
                          (None, None, None))
         self.assertEqual((row["user_name"], row["key_name"]), ("master", "master"))
         self.assertEqual((row["model_id"], row["model_name"]), (model_id, "priced"))
-        self.assertEqual((row["provider_id"], row["provider_model"]),
-                         (provider_id, "mock-model"))
+        self.assertEqual((row["provider_id"], row["provider_type"], row["provider_model"]),
+                         (provider_id, "mock", "mock-model"))
         self.assertEqual((row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]),
                          (reply_usage["prompt_tokens"], reply_usage["completion_tokens"],
                           reply_usage["total_tokens"]))
@@ -214,10 +311,15 @@ class Fields(UsageCase):
             self.assertGreater(row["ttft_ms"], 0)
         if row["ttft_ms"] is not None:
             self.assertLessEqual(row["ttft_ms"], row["latency_ms"])
-        expected = (reply_usage["prompt_tokens"] * COST_PROMPT / 1e6 +
-                    reply_usage["completion_tokens"] * COST_COMPLETION / 1e6)
+        expected = round(reply_usage["prompt_tokens"] * COST_PROMPT / 1e6 +
+                         reply_usage["completion_tokens"] * COST_COMPLETION / 1e6, 6)
         self.assertGreater(expected, 0)
-        self.assertAlmostEqual(row["cost"], expected, places=12)
+        self.assertEqual(row["cost"], expected)
+        # Cost and impacts: exactly what the reply said.
+        self.assertEqual(row["cost"], reply_usage["cost"])
+        self.assertGreater(reply_usage["impacts"]["kWh"], 0)
+        self.assertEqual((row["kwh"], row["kgco2eq"]),
+                         (reply_usage["impacts"]["kWh"], reply_usage["impacts"]["kgCO2eq"]))
         self.assertFalse(row["client_gone"])
         self.assertIsNone(row["error"])
 
@@ -249,11 +351,12 @@ class Fields(UsageCase):
         with self.gateway() as g:
             r = chat(g, self.prefix + "cost")
             self.assertEqual(r.status, 200, r.body)
-            self.assertEqual(r.json()["usage"], {"prompt_tokens": 2, "completion_tokens": 8,
-                                                 "total_tokens": 10})
+            usage = r.json()["usage"]
+            self.assertEqual((usage["prompt_tokens"], usage["completion_tokens"],
+                              usage["total_tokens"], usage["cost"]), (2, 8, 10, 0.000085))
             wait_rows(self, self.pg, self.prefix, 1)
-            self.assertAlmostEqual(rows(self.pg, "request_id LIKE '%s%%'" % self.prefix)[0]
-                                   ["cost"], 0.000085, places=15)
+            self.assertEqual(rows(self.pg, "request_id LIKE '%s%%'" % self.prefix)[0]["cost"],
+                             0.000085)
             self.assert_clean_exit(g)
 
     def test_reused_request_id_gives_two_rows(self):
@@ -361,6 +464,9 @@ class Journal(UsageCase):
         got = rows(self.pg, "request_id LIKE '%s%%'" % self.prefix)
         self.assertEqual(sorted(r["request_id"] for r in got),
                          [self.prefix + "a", self.prefix + "c"])
+        # Records journaled before the columns of impacts existed: NULL.
+        self.assertEqual({(r["kwh"], r["kgco2eq"], r["provider_type"]) for r in got},
+                         {(None, None, None)})
 
 
 class Outage(UsageCase):
@@ -424,6 +530,143 @@ class Outage(UsageCase):
         # A request id is used once, so one row each.
         self.assertEqual({n for n in by_rid.values()}, {1})
         self.assertEqual(os.listdir(self.journal), [])
+
+
+class JournalCap(UsageCase):
+    def test_full_journal_is_said_and_counted(self):
+        # usage locked, inserts give up after 100 ms: everything goes to a
+        # journal of 4 KiB (a few records), then to a queue of 100, then is
+        # lost; requests are served all along.
+        cfg = config(self.journal, journal_max_size="4k", queue_max=100, batch_size=10,
+                     lock_timeout="100ms", retry_interval="200ms", flush_interval="20ms")
+        with self.gateway(cfg) as g:
+            self.assertEqual(chat(g, self.prefix + "before").status, 200)
+            wait_rows(self, self.pg, self.prefix, 1)
+            locker = Locker(self.pg)
+            try:
+                locker.wait_held()
+                sent = 1
+                for i in range(200):
+                    self.assertEqual(chat(g, "%s%d" % (self.prefix, i)).status, 200)
+                    sent += 1
+                wait_until(self, "records lost", lambda: dropped(g) > 0)
+                self.assertTrue(g.wait_log(r"reached journal_max_size", 10), g.log()[-3000:])
+                self.assertTrue(g.wait_log(r"usage records lost so far", 10), g.log()[-3000:])
+                r = g.request("GET", "/ready")
+                self.assertEqual(r.status, 503, r.body)
+                self.assertIn("usage: the usage journal is full", r.json()["detail"])
+                m = scrape(g)
+                self.assertEqual(m["llmgate_usage_journal_full"], 1)
+                self.assertGreaterEqual(m["llmgate_usage_journal_bytes"], 4096)
+                self.assertEqual(m["llmgate_usage_journal_max_bytes"], 4096)
+                self.assertEqual(m["llmgate_usage_database_up"], 0)
+                self.assertEqual(m["llmgate_usage_queue_capacity"], 100)
+                self.assertGreater(m['llmgate_usage_dropped_total{reason="queue_full"}'], 0)
+            finally:
+                locker.release()
+            # The journal drains, /ready recovers; every call has its row or
+            # is counted as lost, none is both.
+            wait_until(self, "the journal replayed", lambda: not os.listdir(self.journal))
+            g.wait_ready(30)
+            lost = dropped(g)
+            self.assertGreater(lost, 0)
+            wait_rows(self, self.pg, self.prefix, sent - lost)
+            m = scrape(g)
+            self.assertEqual((m["llmgate_usage_journal_full"], m["llmgate_usage_journal_bytes"],
+                              m["llmgate_usage_database_up"]), (0, 0, 1))
+            self.assertTrue(g.wait_log(r"journal is below journal_max_size again", 5))
+            got = self.pg.psql("SELECT count(*), count(DISTINCT request_id) FROM usage "
+                               "WHERE request_id LIKE '%s%%'" % self.prefix)
+            self.assertEqual(got, [[str(sent - lost)] * 2])
+            self.assert_clean_exit(g)
+
+
+class TableLock(UsageCase):
+    def test_locked_table_under_load(self):
+        # T6 in short: usage locked for 4 s while calls flow. The inserts
+        # give up after lock_timeout and the batches wait in the journal.
+        cfg = config(self.journal, lock_timeout="200ms", retry_interval="200ms")
+        with self.gateway(cfg) as g:
+            load = Load(g, self.prefix)
+            try:
+                load.wait_completed(30)
+                locker = Locker(self.pg, seconds=4)
+                locker.wait_held()
+                during = load.completed()
+                load.wait_completed(50, timeout=30)
+                self.assertTrue(locker.held(), "the lock ended before 50 calls were served")
+                self.assertGreaterEqual(load.completed() - during, 50)
+                locker.wait()
+                load.wait_completed(50)
+            finally:
+                done = load.stop()
+            self.assertEqual(load.failed, 0, "calls failed while usage was locked")
+            self.assertTrue(g.wait_log(r"keeping records in the journal", 5), g.log()[-3000:])
+            wait_rows(self, self.pg, self.prefix, len(done))
+            got = self.pg.psql("SELECT count(*), count(DISTINCT record_id), "
+                               "count(DISTINCT request_id) FROM usage "
+                               "WHERE request_id LIKE '%s%%'" % self.prefix)
+            self.assertEqual(got, [[str(len(done))] * 3])
+            wait_until(self, "the journal replayed", lambda: not os.listdir(self.journal))
+            self.assertEqual(dropped(g), 0)
+            self.assert_clean_exit(g)
+
+
+class Retention(UsageCase):
+    def test_old_partitions_are_dropped(self):
+        now = datetime.datetime.now(datetime.timezone.utc)
+        this = (now.year, now.month)
+        with self.gateway() as g:
+            # the migrations, this month's partition and the next
+            self.assert_clean_exit(g)
+        # Months that ended long ago, or 59 days ago at least (the one three
+        # months back), go with a retention of 40 days; last month stays.
+        old = [(2020, 1), month_add(*this, -3)]
+        kept = [month_add(*this, -1)]
+        for ym in old + kept:
+            create_partition(self.pg, *ym)
+            insert_row(self.pg, self.prefix + partition_name(*ym), "%04d-%02d-15" % ym)
+        insert_row(self.pg, self.prefix + "default", "2019-03-01")   # in usage_default
+        names = {partition_name(*ym) for ym in old + kept}
+        nxt = partition_name(*month_add(*this, 1))
+
+        # Without retention_days nothing goes.
+        with self.gateway(config(self.journal, maintenance_interval="1s")) as g:
+            time.sleep(2)
+            self.assertTrue(names <= partitions(self.pg))
+            self.assertEqual(count(self.pg, self.prefix), 4)
+            self.assert_clean_exit(g)
+
+        cfg = config(self.journal, retention_days=40, maintenance_interval="1s")
+        with self.gateway(cfg) as g:
+            # At start.
+            for ym in old:
+                self.assertTrue(g.wait_log(r"retention dropped %s" % partition_name(*ym), 10),
+                                g.log()[-3000:])
+            self.assertTrue(g.wait_log(r"retention dropped 1 rows of usage_default", 10))
+            parts = partitions(self.pg)
+            self.assertEqual(parts & names, {partition_name(*ym) for ym in kept})
+            self.assertTrue({partition_name(*this), nxt, "usage_default"} <= parts, parts)
+            self.assertEqual(sorted(r[0] for r in self.pg.psql(
+                "SELECT request_id FROM usage WHERE request_id LIKE '%s%%'" % self.prefix)),
+                [self.prefix + partition_name(*ym) for ym in kept])
+            # Then on the timer: an old month appears, the next one vanishes.
+            create_partition(self.pg, 2019, 5)
+            self.pg.psql("DROP TABLE %s" % nxt)
+            wait_until(self, "the timer's maintenance", lambda: (
+                "usage_p201905" not in partitions(self.pg) and nxt in partitions(self.pg)), 20)
+            self.assertTrue(g.wait_log(r"created the partition %s" % nxt, 5))
+            # Calls still get their rows, in this month's partition.
+            self.assertEqual(chat(g, self.prefix + "after").status, 200)
+            wait_rows(self, self.pg, self.prefix, 2)
+            self.assert_clean_exit(g)
+
+    def test_retention_settings_are_checked(self):
+        cfg = config(self.journal, retention_days=-1)
+        r = lgtest.run_llmgate(["--check"], config=cfg, pg=self.pg,
+                               env={"LLMGATE_PLUGIN_PATH": common.test_plugins_path()})
+        self.assertNotEqual(r.returncode, 0, r.stderr)
+        self.assertIn("retention_days", r.stderr)
 
 
 if __name__ == "__main__":
