@@ -33,6 +33,7 @@ extern "C" {
 #endif
 
 struct lg_provider_ops; /* <llmgate/provider.h> */
+struct lg_model_request; /* below */
 struct lg_timer;        /* a timer on a host loop */
 
 enum lg_log_level {
@@ -56,6 +57,32 @@ typedef void (*lg_timer_fn)(void *arg);
  * caller, the same 404 as an unknown model. Thread: any loop.
  */
 typedef bool (*lg_model_access_fn)(const struct lg_principal *who, int64_t model_id, void *ud);
+
+/**
+ * struct lg_model_request - a call a plugin makes to a model of the
+ * registry, as a client would (e.g. RAG embedding its chunks).
+ * @size:     sizeof(struct lg_model_request).
+ * @endpoint: "/v1/embeddings", "/v1/chat/completions", "/v1/rerank"...
+ * @body:     the JSON body as a client would send it; its "model" names
+ *            the model (name or alias). Never streamed: "stream" is refused.
+ * @who:      on whose behalf (access to the model is checked as for that
+ *            caller), or NULL for the plugin itself (no access check).
+ */
+struct lg_model_request {
+	uint32_t size;
+	const char *endpoint;
+	struct lg_str body;
+	const struct lg_principal *who;
+};
+
+/**
+ * lg_model_done_fn - the answer of a model_call(): @status and @body as the
+ * client of that endpoint would have received them (the gateway's reply,
+ * usage included), or status 0 and @error when the call could not be made.
+ * Ownership: @body and @error are borrowed for the call. Thread: the loop
+ * that called model_call().
+ */
+typedef void (*lg_model_done_fn)(void *arg, int status, struct lg_str body, const char *error);
 
 struct lg_host {
 	uint32_t size;          /* sizeof(struct lg_host) of the running host */
@@ -251,6 +278,18 @@ struct lg_host {
 	 * old state safely, with no lock on the request path. Thread: main or
 	 * work pool (never a worker: it would wait for itself). */
 	void (*sync_workers)(struct lg_plugin *self);
+	/** model_call() - call a model through the registry: resolution,
+	 * provider choice, failover, timeouts and cost as for a client's call,
+	 * without an HTTP request of its own. @done runs exactly once, later,
+	 * never from inside model_call(). Ownership: @rq is copied.
+	 * Thread: loop. 0, or a negative errno (then @done will not run). */
+	int (*model_call)(struct lg_plugin *self, const struct lg_model_request *rq,
+			  lg_model_done_fn done, void *arg);
+	/** req_form() - the body read as multipart/form-data. On a body that
+	 * is not (no boundary, malformed, too many parts) it has answered 400
+	 * and returns a negative errno. Ownership: the parts live in the
+	 * request's memory. Thread: the request's worker. */
+	int (*req_form)(struct lg_req *req, const struct lg_form_part **parts, size_t *n);
 
 	/* 1.2+ members go below, never above */
 };

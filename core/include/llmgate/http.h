@@ -125,6 +125,21 @@ struct lg_principal {
 	uint32_t permissions;   /* LG_PERM_* */
 };
 
+/**
+ * struct lg_form_part - one part of a multipart/form-data body.
+ * @name:         the field's name.
+ * @filename:     the file name the client gave, or NULL for a plain field
+ *                (never a path to open: keep it as a label only).
+ * @content_type: the part's Content-Type, or NULL.
+ * @data:         its bytes (not NUL-terminated; may contain NUL).
+ */
+struct lg_form_part {
+	const char *name;
+	const char *filename;
+	const char *content_type;
+	struct lg_str data;
+};
+
 /** lg_close_fn - the client closed the connection before the reply ended. */
 typedef void (*lg_close_fn)(struct lg_req *req, void *arg);
 /** lg_drain_fn - a paused stream may write again (the client caught up). */

@@ -18,7 +18,9 @@
  *        hooks, provider types, database, work pool, timers, HTTP client.
  *   1.1  host->model_access_add() (which models a caller may use),
  *        host->set_ready() (a plugin can fail /ready),
- *        host->sync_workers() (a grace period for lock-free snapshots);
+ *        host->sync_workers() (a grace period for lock-free snapshots),
+ *        host->model_call() (a plugin calls a model of the registry),
+ *        host->req_form() (multipart/form-data bodies);
  *        struct lg_call gains cost, kwh and kgco2eq.
  */
 #ifndef LLMGATE_PLUGIN_H
