@@ -290,6 +290,17 @@ struct lg_host {
 	 * and returns a negative errno. Ownership: the parts live in the
 	 * request's memory. Thread: the request's worker. */
 	int (*req_form)(struct lg_req *req, const struct lg_form_part **parts, size_t *n);
+	/** call_set_body() - in a PRE_UPSTREAM hook of a forwarded call:
+	 * replace the JSON body that goes to the provider (the core still
+	 * sets the upstream model name and the stream options). @body must be
+	 * a JSON object. Ownership: copied. Thread: the request's worker.
+	 * -EINVAL outside PRE_UPSTREAM or for a body that is not an object. */
+	int (*call_set_body)(struct lg_req *req, struct lg_str body);
+	/** call_reply_member() - from AUTHORIZE or PRE_UPSTREAM: add a top-level
+	 * member @name with the JSON value @json to the reply of a forwarded
+	 * call: to the reply object, or for a stream to its first event.
+	 * Ownership: copied. Thread: the request's worker. */
+	int (*call_reply_member)(struct lg_req *req, const char *name, struct lg_str json);
 
 	/* 1.2+ members go below, never above */
 };

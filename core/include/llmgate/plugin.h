@@ -20,7 +20,9 @@
  *        host->set_ready() (a plugin can fail /ready),
  *        host->sync_workers() (a grace period for lock-free snapshots),
  *        host->model_call() (a plugin calls a model of the registry),
- *        host->req_form() (multipart/form-data bodies);
+ *        host->req_form() (multipart/form-data bodies),
+ *        host->call_set_body(), host->call_reply_member() (PRE_UPSTREAM
+ *        hooks rewrite the call and add to its reply);
  *        struct lg_call gains cost, kwh and kgco2eq.
  */
 #ifndef LLMGATE_PLUGIN_H
