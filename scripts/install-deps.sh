@@ -6,6 +6,7 @@ set -eu
 packages="
   build-essential pkg-config meson ninja-build python3
   libevent-dev libcurl4-openssl-dev libjansson-dev libyaml-dev libsodium-dev libpq-dev
+  libxml2-dev libpoppler-glib-dev
   libcmocka-dev
   postgresql
   ca-certificates
