@@ -939,6 +939,8 @@ struct pg_listener {
 	uint32_t backoff_ms;
 	bool busy;                  /* a LISTEN command awaits its results */
 	bool outage;                /* lost, not yet restored: log once */
+	bool listened;              /* a LISTEN took effect on some connection */
+	bool missed;                /* lost since: say so once LISTEN is back */
 	struct pg_channel *channels;
 };
 
@@ -981,6 +983,7 @@ static void listener_lost(struct pg_listener *l, const char *why)
 	else
 		lg_debug(LOG_COMP, "LISTEN connection to %s: %s", l->pg->target.where, msg);
 	l->outage = true;
+	l->missed = l->listened;
 	listener_drop_conn(l);
 	listener_schedule_retry(l);
 }
@@ -1047,6 +1050,16 @@ static void listener_dispatch(struct pg_listener *l, const char *channel, const 
 			c->fn(channel, payload, c->arg);
 }
 
+/* The connection was lost and LISTEN works again: whatever was notified in
+ * between is gone, so every listener hears an empty payload and refreshes
+ * what it caches (keys, models...). */
+static void listener_announce_gap(struct pg_listener *l)
+{
+	l->missed = false;
+	for (struct pg_channel *c = l->channels; c; c = c->next)
+		c->fn(c->name, "", c->arg);
+}
+
 /* Reads the results of our LISTEN commands (errors are logged). */
 static void listener_read_results(struct pg_listener *l)
 {
@@ -1078,6 +1091,11 @@ static void on_listen_io(evutil_socket_t fd, short what, void *arg)
 	while ((n = PQnotifies(l->conn))) {
 		listener_dispatch(l, n->relname, n->extra);
 		PQfreemem(n);
+	}
+	if (!l->busy && l->state == LISTENER_READY) {
+		l->listened = true;
+		if (l->missed)
+			listener_announce_gap(l);
 	}
 	listener_send_pending(l);
 }

@@ -300,12 +300,18 @@ void api_reply_empty(const struct lg_host *h, struct lg_req *req)
 	h->reply(req, 204, NULL, "", 0);
 }
 
+void api_reply_unavailable(const struct lg_host *h, struct lg_req *req)
+{
+	(void)h->reply_header(req, "Retry-After", API_RETRY_AFTER);
+	h->reply_error(req, 503, API_DB_UNAVAILABLE);
+}
+
 bool api_query(const struct lg_host *h, struct lg_plugin *self, struct lg_req *req,
 	       const char *sql, int n, const char *const *params, lg_db_fn cb, void *arg)
 {
 	if (h->db_query(self, sql, n, params, cb, arg) == 0)
 		return true;
-	h->reply_error(req, 503, API_DB_UNAVAILABLE);
+	api_reply_unavailable(h, req);
 	return false;
 }
 
@@ -333,7 +339,7 @@ void api_db_failed(const struct lg_host *h, struct lg_plugin *self, struct lg_re
 		}
 	}
 	if (api_db_unreachable(error)) {
-		h->reply_error(req, 503, API_DB_UNAVAILABLE);
+		api_reply_unavailable(h, req);
 		return;
 	}
 	h->log(self, LG_LOG_ERROR, "query failed: %s", error);

@@ -25,6 +25,7 @@
 /* The message of every unexpected failure (spec §3.6). */
 #define API_INTERNAL_ERROR "An unexpected error occurred"
 #define API_DB_UNAVAILABLE "The database is not available, please try again later."
+#define API_RETRY_AFTER "5"     /* seconds, on every 503 */
 
 /** enum api_field - whether a body member must be there. */
 enum api_field {
@@ -92,6 +93,8 @@ const char *api_id_text(const struct lg_host *h, struct lg_req *req, int64_t id)
 void api_reply_json(const struct lg_host *h, struct lg_req *req, int status, json_t *root);
 /** api_reply_raw() - answer JSON text made elsewhere (e.g. by PostgreSQL). */
 void api_reply_raw(const struct lg_host *h, struct lg_req *req, int status, const char *json);
+/** api_reply_unavailable() - answer 503 API_DB_UNAVAILABLE with Retry-After. */
+void api_reply_unavailable(const struct lg_host *h, struct lg_req *req);
 /** api_reply_empty() - answer 204 No Content. */
 void api_reply_empty(const struct lg_host *h, struct lg_req *req);
 

@@ -220,6 +220,18 @@ class Lifecycle(unittest.TestCase):
                         break
                     time.sleep(0.1)
                 self.assertEqual(g.request("GET", "/good/notified").json()["last"], "ping-42")
+                # The LISTEN connection dies and a NOTIFY is sent while it is
+                # down: once it is back, the plugin hears an empty payload (a
+                # gap to make up for), not silence.
+                self.pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE query LIKE 'LISTEN%'; NOTIFY good_events, 'lost'")
+                deadline = time.time() + 10
+                while time.time() < deadline:
+                    if g.request("GET", "/good/notified").json()["last"] == "":
+                        break
+                    time.sleep(0.1)
+                self.assertEqual(g.request("GET", "/good/notified").json()["last"], "")
+                self.assertIn("LISTEN connection to", g.log())
             # The upstream going away is an error the plugin sees, not a hang.
             with lgtest.Gateway({"plugins": {"good": {"upstream": "http://127.0.0.1:1"}}},
                                 pg=self.pg,
