@@ -5,7 +5,7 @@
  * half-written role. Duplicates in a body collapse, the last one winning.
  * A limit names its model as "model_id" or, in the spec's words,
  * "router_id". The admin permission cannot be taken from the last role
- * whose users hold it (409). */
+ * whose users (those not expired) hold it (409). */
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +32,19 @@
 #define ROLE_EXISTS "Role already exists."
 #define LAST_ADMIN_ROLE "The admin permission cannot be removed from the last role whose " \
 	"users have it."
+
+/* The statements that can take admin away run one after the other: see
+ * ADMIN_LOCK_CTE in api_users.c, which takes the same lock (key space
+ * 'lga', 1). The users who hold admin now are read under row locks, so
+ * that a change committed while this statement waited for the lock is
+ * seen. */
+#define ADMIN_LOCK_CTE \
+	"lk AS MATERIALIZED (SELECT pg_advisory_xact_lock(7104353, 1)::text AS held)"
+#define AFTER_LOCK "EXISTS (SELECT 1 FROM lk)"
+#define ADMINS_CTE \
+	"admins AS (SELECT a.id, a.role_id FROM \"user\" a JOIN permission p " \
+	"ON p.role_id = a.role_id WHERE p.permission = 'admin' " \
+	"AND (a.expires IS NULL OR a.expires > now()) AND " AFTER_LOCK " FOR SHARE OF a, p)"
 
 /* The limits of a body ($n, jsonb) and the first model among them that
  * does not exist. */
@@ -64,14 +77,12 @@ static const char role_insert_sql[] =
  * deletes and the inserts of a set touch different rows (a row kept is
  * upserted, never deleted and inserted again), as one statement requires. */
 static const char role_update_sql[] =
-	"WITH " LIMITS_CTE("$4") ", "
-	"cur AS (SELECT id FROM role WHERE id = $1::bigint FOR UPDATE), "
+	"WITH " LIMITS_CTE("$4") ", " ADMIN_LOCK_CTE ", "
+	"cur AS (SELECT id FROM role WHERE id = $1::bigint AND " AFTER_LOCK " FOR UPDATE), "
+	ADMINS_CTE ", "
 	"last AS (SELECT 1 WHERE $3::jsonb IS NOT NULL AND NOT ($3::jsonb ? 'admin') "
-	"AND EXISTS (SELECT 1 FROM permission WHERE role_id = $1::bigint "
-	"AND permission = 'admin') "
-	"AND EXISTS (SELECT 1 FROM \"user\" WHERE role_id = $1::bigint) "
-	"AND NOT EXISTS (SELECT 1 FROM permission p JOIN \"user\" u ON u.role_id = p.role_id "
-	"WHERE p.permission = 'admin' AND p.role_id <> $1::bigint)), "
+	"AND EXISTS (SELECT 1 FROM admins WHERE role_id = $1::bigint) "
+	"AND NOT EXISTS (SELECT 1 FROM admins WHERE role_id <> $1::bigint)), "
 	"r AS (UPDATE role SET name = coalesce($2, name) WHERE id = (SELECT id FROM cur) "
 	"AND (SELECT id FROM missing) IS NULL AND NOT EXISTS (SELECT 1 FROM last) "
 	"RETURNING id), "
@@ -93,7 +104,8 @@ static const char role_get_sql[] =
 	"SELECT " ROLE_JSON "::text FROM role r WHERE r.id = $1::bigint";
 
 static const char role_delete_sql[] =
-	"WITH cur AS (SELECT id FROM role WHERE id = $1::bigint FOR UPDATE), "
+	"WITH " ADMIN_LOCK_CTE ", "
+	"cur AS (SELECT id FROM role WHERE id = $1::bigint AND " AFTER_LOCK " FOR UPDATE), "
 	"n AS (SELECT count(*) AS users FROM \"user\" WHERE role_id = $1::bigint), "
 	"d AS (DELETE FROM role WHERE id = (SELECT id FROM cur) "
 	"AND (SELECT users FROM n) = 0 RETURNING id) "

@@ -3,8 +3,9 @@
  * here, then handed to PostgreSQL as one JSON object holding only the
  * fields the client sent (null clears a field), so one statement serves
  * every combination. Passwords are hashed (Argon2id, off the loop) before
- * the statement runs. The last user with the admin permission can be
- * neither deleted nor moved to a role without it (409). */
+ * the statement runs. The last user with the admin permission (expired
+ * users do not count) can be neither deleted, nor moved to a role without
+ * it, nor given an expiry date (409). */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -22,6 +23,8 @@
 #define PRIORITY_MAX INT32_MAX
 
 #define LAST_ADMIN "The last user with the admin permission cannot lose it or be removed."
+#define LAST_ADMIN_EXPIRES "The last user with the admin permission cannot be given an " \
+	"expiry date."
 
 #define USER_JSON \
 	"json_build_object('object', 'user', 'id', u.id, 'email', u.email, 'name', u.name, " \
@@ -31,11 +34,26 @@
 	"'priority', u.priority, 'created', extract(epoch FROM u.created)::bigint, " \
 	"'updated', extract(epoch FROM u.updated)::bigint)"
 
-/* The users whose role has the admin permission, locked, so that two
- * concurrent demotions cannot both see the other one still admin. */
+/* Every statement that can take admin away from the last user who has it
+ * (user PATCH and DELETE here, role PATCH and DELETE in api_roles.c)
+ * first takes this transaction-level lock, so such statements run one
+ * after the other. The lock is taken inside the statement, after its
+ * snapshot: what the one before it changed is seen through the row locks
+ * of ADMINS_CTE, since PostgreSQL checks the newest version of every row it
+ * locks (a user moved, expired or deleted, or a permission deleted
+ * meanwhile, drops out). Rows added meanwhile stay unseen, which can only
+ * refuse a change, never allow one. Key space 'lga' (0x6c6761), 1; the
+ * same in api_roles.c. */
+#define ADMIN_LOCK_CTE \
+	"lk AS MATERIALIZED (SELECT pg_advisory_xact_lock(7104353, 1)::text AS held)"
+#define AFTER_LOCK "EXISTS (SELECT 1 FROM lk)"
+
+/* The users who hold admin now: their role has the permission and they
+ * have not expired. Locked, see ADMIN_LOCK_CTE. */
 #define ADMINS_CTE \
-	"admins AS (SELECT a.id FROM \"user\" a WHERE a.role_id IN (SELECT role_id " \
-	"FROM permission WHERE permission = 'admin') FOR UPDATE OF a)"
+	"admins AS (SELECT a.id, a.role_id FROM \"user\" a JOIN permission p " \
+	"ON p.role_id = a.role_id WHERE p.permission = 'admin' " \
+	"AND (a.expires IS NULL OR a.expires > now()) AND " AFTER_LOCK " FOR SHARE OF a, p)"
 
 static const char *const user_constraints[] = { "user_email_key", NULL };
 static const char *const user_sort_by[] = { "id", "name", "created", "email", NULL };
@@ -57,19 +75,25 @@ static const char user_insert_sql[] =
 	"SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM o), "
 	"(SELECT obj::text FROM ins)";
 
-/* $1: the user, $2: the fields, $3: the password hash or NULL. */
+/* $1: the user, $2: the fields, $3: the password hash or NULL. "last" is
+ * 1 when the last admin would lose the permission, 2 when it would be
+ * given an expiry date (any date: it would end admin later, with no
+ * statement left to refuse it). */
 static const char user_update_sql[] =
-	"WITH f AS (SELECT $2::jsonb AS v), "
+	"WITH f AS (SELECT $2::jsonb AS v), " ADMIN_LOCK_CTE ", "
 	"cur AS (SELECT id, role_id, organization_id FROM \"user\" WHERE id = $1::bigint "
-	"FOR UPDATE), "
+	"AND " AFTER_LOCK " FOR UPDATE), "
 	"r AS (SELECT id FROM role WHERE id = coalesce((SELECT (v->>'role_id')::bigint FROM f), "
 	"(SELECT role_id FROM cur))), "
 	"o AS (SELECT id FROM organization WHERE id = coalesce((SELECT "
 	"(v->>'organization_id')::bigint FROM f), (SELECT organization_id FROM cur))), "
 	ADMINS_CTE ", "
-	"last AS (SELECT 1 WHERE (SELECT id FROM cur) IN (SELECT id FROM admins) "
-	"AND (SELECT count(*) FROM admins) <= 1 AND NOT EXISTS (SELECT 1 FROM permission p, r "
-	"WHERE p.role_id = r.id AND p.permission = 'admin')), "
+	"loses AS (SELECT NOT EXISTS (SELECT 1 FROM permission p, r "
+	"WHERE p.role_id = r.id AND p.permission = 'admin') AS role, "
+	"(SELECT v ? 'expires' AND v->>'expires' IS NOT NULL FROM f) AS expiry), "
+	"last AS (SELECT CASE WHEN role THEN 1 ELSE 2 END AS why FROM loses "
+	"WHERE (role OR expiry) AND (SELECT id FROM cur) IN (SELECT id FROM admins) "
+	"AND (SELECT count(*) FROM admins) <= 1), "
 	"up AS (UPDATE \"user\" AS u SET email = coalesce(f.v->>'email', u.email), "
 	"password = coalesce($3, u.password), "
 	"name = CASE WHEN f.v ? 'name' THEN f.v->>'name' ELSE u.name END, "
@@ -80,10 +104,11 @@ static const char user_update_sql[] =
 	"FROM f, r, o WHERE u.id = (SELECT id FROM cur) AND NOT EXISTS (SELECT 1 FROM last) "
 	"RETURNING " USER_JSON " AS obj) "
 	"SELECT (SELECT count(*) FROM cur), (SELECT count(*) FROM r), (SELECT count(*) FROM o), "
-	"(SELECT count(*) FROM last), (SELECT obj::text FROM up)";
+	"coalesce((SELECT why FROM last), 0), (SELECT obj::text FROM up)";
 
 static const char user_delete_sql[] =
-	"WITH cur AS (SELECT id FROM \"user\" WHERE id = $1::bigint FOR UPDATE), "
+	"WITH " ADMIN_LOCK_CTE ", "
+	"cur AS (SELECT id FROM \"user\" WHERE id = $1::bigint AND " AFTER_LOCK " FOR UPDATE), "
 	ADMINS_CTE ", "
 	"last AS (SELECT 1 WHERE (SELECT id FROM cur) IN (SELECT id FROM admins) "
 	"AND (SELECT count(*) FROM admins) <= 1), "
@@ -243,7 +268,8 @@ static void user_written(const PGresult *res, const char *error, void *arg)
 		return;
 	}
 	if (!op->create && strcmp(PQgetvalue(res, 0, col++), "0") != 0) {
-		h->reply_error(op->req, 409, LAST_ADMIN);
+		h->reply_error(op->req, 409, "%s", strcmp(PQgetvalue(res, 0, col - 1), "1") == 0 ?
+			       LAST_ADMIN : LAST_ADMIN_EXPIRES);
 		return;
 	}
 	if (PQgetisnull(res, 0, col)) {

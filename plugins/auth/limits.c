@@ -21,11 +21,16 @@
  * - Other instances: every counter knows "local" (admitted here in its
  *   window), "pushed" (the part of local already added to rate_counter)
  *   and "others" (the table's total minus what we pushed, as of the last
- *   sync). The check uses local + others. A main-loop timer pushes every
- *   delta in one statement and learns the totals back; the first request
- *   of an entry also reads the totals before it is checked, so an instance
- *   that has not seen a user yet does not start from zero. The resulting
- *   bound is stated in docs/limits.md.
+ *   sync). The check uses local + others. A main-loop timer pushes, in one
+ *   statement, the deltas of the entries whose counts changed here
+ *   ("dirty") and learns back the totals of those and of the entries
+ *   checked here within the last REFRESH_IDLE_MS; an entry idle longer is
+ *   neither sent nor read. The first request of an entry, and the first
+ *   one after it was idle that long, reads the totals before it is
+ *   checked, so an instance that has not seen a user for a while does not
+ *   decide on old totals. So a sync costs rows for the callers active now,
+ *   not for every caller seen that day. The resulting bound is stated in
+ *   docs/limits.md.
  * - PostgreSQL down: the sync fails and is retried at the next tick with
  *   the deltas accumulated meanwhile; checks go on with what is known, and
  *   first requests do not wait for a read that cannot succeed.
@@ -44,6 +49,9 @@
 #define BUCKETS_MIN 64u                 /* per stripe, a power of two */
 #define CLEANUP_EVERY_S 60              /* rate_counter rows of ended windows */
 #define SYNC_TEXT_MIN 256u
+/* An entry not checked here for this long is no longer refreshed at each
+ * sync; its next check reads the totals first. */
+#define REFRESH_IDLE_MS 10000u
 
 enum window { MINUTE = 0, DAY, WINDOWS };
 
@@ -73,7 +81,12 @@ struct entry {
 	int64_t window[WINDOWS];        /* start, Unix seconds */
 	struct counter c[AUTH_LIMIT_TYPES];
 	unsigned limited;               /* bit per type: the role limits it */
-	bool loaded;                    /* totals read once (or given up) */
+	bool loaded;                    /* totals read at least once */
+	bool reading;                   /* a read of the totals is in flight: the
+					 * sweep must keep the entry */
+	bool dirty;                     /* local counts changed since the last
+					 * sync took them */
+	uint64_t checked_ms;            /* monotonic, the last check here */
 };
 
 struct stripe {
@@ -112,6 +125,14 @@ static int64_t now_s(void)
 
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return ts.tv_sec;
+}
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
 static int64_t window_start(enum window w, int64_t now)
@@ -174,14 +195,16 @@ static void stripe_grow(struct stripe *s)
 	s->nbuckets = n;
 }
 
-/* The entry of (user, model), made if needed (*fresh then true). Stripe
- * locked. NULL only when out of memory. */
+static void entry_roll(struct entry *e, int64_t now);
+
+/* The entry of (user, model), made if needed. A new entry starts in the
+ * windows of @now: with windows at 0 the sweep would take it for dead and
+ * free it at the next sync. Stripe locked. NULL only when out of memory. */
 static struct entry *entry_get(struct stripe *s, uint64_t h, int64_t user_id, int64_t model_id,
-			       bool *fresh)
+			       int64_t now)
 {
 	struct entry *e = entry_find(s, h, user_id, model_id), **b;
 
-	*fresh = false;
 	if (e)
 		return e;
 	e = calloc(1, sizeof *e);
@@ -189,13 +212,13 @@ static struct entry *entry_get(struct stripe *s, uint64_t h, int64_t user_id, in
 		return NULL;
 	e->user_id = user_id;
 	e->model_id = model_id;
+	entry_roll(e, now);
 	if (s->n >= s->nbuckets)
 		stripe_grow(s);
 	b = bucket_of(s, h);
 	e->next = *b;
 	*b = e;
 	s->n++;
-	*fresh = true;
 	return e;
 }
 
@@ -294,6 +317,7 @@ static void check_and_count(struct entry *e, const struct auth_limits *lim, int6
 
 	entry_roll(e, now);
 	*v = (struct verdict){ .hit = -1 };
+	e->checked_ms = mono_ms();
 	e->limited = 0;
 	for (size_t i = 0; i < LG_COUNT(order); i++) {
 		enum auth_limit_type t = order[i];
@@ -311,6 +335,7 @@ static void check_and_count(struct entry *e, const struct auth_limits *lim, int6
 		e->c[AUTH_RPD].local++;
 		e->c[AUTH_TPM].local += tokens;
 		e->c[AUTH_TPD].local += tokens;
+		e->dirty = true;
 		v->counted = true;
 		v->tokens = tokens;
 	}
@@ -448,22 +473,25 @@ static void on_first_read(const PGresult *res, const char *error, void *arg)
 	const struct lg_principal *who = a->host->req_principal(fr->req);
 	uint64_t h = key_hash(who->user_id, fr->lim.model_id);
 	struct stripe *s = stripe_of(l, h);
+	int64_t now = now_s();
 	struct verdict v;
 	struct entry *e;
-	bool fresh;
 
 	if (error)
 		atomic_store(&l->db_ok, false);
 	pthread_mutex_lock(&s->lock);
-	e = entry_get(s, h, who->user_id, fr->lim.model_id, &fresh);
+	/* Found again by its key: the sweep kept it while it was being read,
+	 * but a pointer is never kept across an unlock. */
+	e = entry_get(s, h, who->user_id, fr->lim.model_id, now);
 	if (e) {
-		entry_roll(e, now_s());
+		entry_roll(e, now);
 		for (int i = 0; res && !error && i < PQntuples(res); i++)
 			learn_total(e, type_index(PQgetvalue(res, i, 0)),
 				    strtoll(PQgetvalue(res, i, 1), NULL, 10),
 				    strtoll(PQgetvalue(res, i, 2), NULL, 10));
-		e->loaded = true;
-		check_and_count(e, &fr->lim, fr->tokens, now_s(), &v);
+		e->reading = false;
+		e->loaded = e->loaded || !error;
+		check_and_count(e, &fr->lim, fr->tokens, now, &v);
 	}
 	pthread_mutex_unlock(&s->lock);
 	if (!e) {
@@ -518,7 +546,7 @@ enum lg_hook_result auth_limits_authorize(struct lg_req *req, void *ud)
 	struct stripe *s;
 	struct entry *e;
 	struct verdict v;
-	bool fresh, read;
+	bool read = false;
 
 	/* Admins and the master key have no limits (spec §5.1). */
 	if (!who || !call || (who->permissions & LG_PERM_ADMIN) || who->user_id == 0)
@@ -544,28 +572,36 @@ enum lg_hook_result auth_limits_authorize(struct lg_req *req, void *ud)
 	h = key_hash(who->user_id, call->model_id);
 	s = stripe_of(l, h);
 	pthread_mutex_lock(&s->lock);
-	e = entry_get(s, h, who->user_id, call->model_id, &fresh);
-	read = e && !e->loaded && atomic_load(&l->db_ok);
-	if (e && !read) {
-		e->loaded = true;
-		check_and_count(e, &lim, tokens, now, &v);
-	} else if (e) {
-		/* Requests that come while this read runs count on what is known. */
-		e->loaded = true;
+	e = entry_get(s, h, who->user_id, call->model_id, now);
+	if (e) {
+		/* Requests that come while a read runs count on what is known. */
+		read = !e->reading && atomic_load(&l->db_ok) &&
+		       (!e->loaded || mono_ms() - e->checked_ms >= REFRESH_IDLE_MS);
+		if (read)
+			e->reading = true;
+		else
+			check_and_count(e, &lim, tokens, now, &v);
 	}
 	pthread_mutex_unlock(&s->lock);
-	if (!e) {
-		a->host->reply_error(req, 500, "An unexpected error occurred");
-		return LG_HOOK_DONE;
-	}
-	if (read) {
+	if (e && read) {
 		enum lg_hook_result r = read_first(a, req, &lim, tokens, who->user_id, now);
 
 		if (r == LG_HOOK_PENDING)
 			return r;
+		/* No read: decide on what is known. @e may be gone since the
+		 * unlock (the sweep runs on the main thread): find it again. */
+		now = now_s();
 		pthread_mutex_lock(&s->lock);
-		check_and_count(e, &lim, tokens, now_s(), &v);
+		e = entry_get(s, h, who->user_id, call->model_id, now);
+		if (e) {
+			e->reading = false;
+			check_and_count(e, &lim, tokens, now, &v);
+		}
 		pthread_mutex_unlock(&s->lock);
+	}
+	if (!e) {
+		a->host->reply_error(req, 500, "An unexpected error occurred");
+		return LG_HOOK_DONE;
 	}
 	return answer(a, req, who->user_id, call->model_id, &v);
 }
@@ -583,7 +619,7 @@ enum lg_hook_result auth_limits_complete(struct lg_req *req, void *ud)
 	uint64_t h;
 	struct stripe *s;
 	struct entry *e;
-	bool fresh;
+	int64_t now;
 
 	/* Only calls this hook admitted and counted have anything to settle. */
 	if (!hd || !call)
@@ -593,11 +629,13 @@ enum lg_hook_result auth_limits_complete(struct lg_req *req, void *ud)
 		 (call->completion_tokens > 0 ? call->completion_tokens : 0);
 	h = key_hash(hd->user_id, hd->model_id);
 	s = stripe_of(l, h);
+	now = now_s();
 	pthread_mutex_lock(&s->lock);
 	/* A call longer than its windows may find its entry swept. */
-	e = entry_get(s, h, hd->user_id, hd->model_id, &fresh);
+	e = entry_get(s, h, hd->user_id, hd->model_id, now);
 	if (e) {
-		entry_roll(e, now_s());
+		entry_roll(e, now);
+		e->dirty = true;
 		for (int t = AUTH_TPM; t <= AUTH_TPD; t++) {
 			struct counter *c = &e->c[t];
 
@@ -697,20 +735,29 @@ static bool rows_add(struct rows *r, const struct sync_row *row)
 	return true;
 }
 
-/* An entry nobody will need again: its minute ended, and its day either
- * ended too or is not limited. */
+/* An entry nobody will need again: no read of its totals in flight (its
+ * request finds it again when the read ends), its minute ended, and its day
+ * either ended too or is not limited. */
 static bool entry_dead(const struct entry *e, int64_t now)
 {
 	unsigned day_types = (1u << AUTH_TPD) | (1u << AUTH_RPD);
 
-	return e->window[MINUTE] != window_start(MINUTE, now) &&
+	return !e->reading && e->window[MINUTE] != window_start(MINUTE, now) &&
 	       (e->window[DAY] != window_start(DAY, now) || !(e->limited & day_types));
 }
 
-/* Takes one row per limited counter (its delta may be 0: we still learn
- * the total), marks the deltas as pushed, and drops dead entries.
- * Stripe locked. */
-static bool collect_stripe(struct stripe *s, int64_t now, struct rows *out)
+/* Whether the sync takes @e: its counts changed here, or it was checked
+ * here recently (its delta is then 0, but its totals are learned). */
+static bool entry_wanted(const struct entry *e, uint64_t mono)
+{
+	/* Not "mono - checked_ms": a check after @mono was read is recent. */
+	return e->dirty || e->checked_ms + REFRESH_IDLE_MS > mono;
+}
+
+/* Takes one row per limited counter of the entries the sync wants (a
+ * delta may be 0: we still learn the total), marks the deltas as pushed,
+ * and drops dead entries. Stripe locked. */
+static bool collect_stripe(struct stripe *s, int64_t now, uint64_t mono, struct rows *out)
 {
 	for (size_t b = 0; b < s->nbuckets; b++) {
 		struct entry **pe = &s->buckets[b];
@@ -725,6 +772,9 @@ static bool collect_stripe(struct stripe *s, int64_t now, struct rows *out)
 				continue;
 			}
 			pe = &e->next;
+			if (!entry_wanted(e, mono))
+				continue;
+			e->dirty = false;
 			for (int t = 0; t < AUTH_LIMIT_TYPES; t++) {
 				struct counter *c = &e->c[t];
 				struct sync_row row = {
@@ -755,8 +805,10 @@ static void unpush(struct auth_limiter *l, const struct sync_row *rows, size_t n
 
 		pthread_mutex_lock(&s->lock);
 		e = entry_find(s, h, r->user_id, r->model_id);
-		if (e && e->window[window_of[r->type]] == r->window)
+		if (e && e->window[window_of[r->type]] == r->window) {
 			e->c[r->type].pushed -= r->delta;
+			e->dirty = true;
+		}
 		pthread_mutex_unlock(&s->lock);
 	}
 }
@@ -877,6 +929,7 @@ static void sync_tick(void *arg)
 	struct auth_limiter *l = a->limiter;
 	struct rows r = { 0 };
 	int64_t now = now_s();
+	uint64_t mono = mono_ms();
 	bool ok = true;
 
 	if (l->flight)
@@ -885,7 +938,7 @@ static void sync_tick(void *arg)
 		struct stripe *s = &l->stripes[i];
 
 		pthread_mutex_lock(&s->lock);
-		ok = collect_stripe(s, now, &r);
+		ok = collect_stripe(s, now, mono, &r);
 		pthread_mutex_unlock(&s->lock);
 	}
 	/* Out of memory: what was collected goes next time. */

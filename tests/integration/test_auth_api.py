@@ -7,6 +7,7 @@ sorting, bad values included; the last admin keeps admin; SQL
 metacharacters in every text field come back as they were sent, with no
 5xx and no SQL error in PostgreSQL's log."""
 import json
+import threading
 import time
 import unittest
 import urllib.parse
@@ -412,6 +413,102 @@ class LastAdmin(Base):
         self.ok("PATCH", "/v1/admin/users/%d" % admin, {"role_id": admin_role})
         self.ok("DELETE", "/v1/admin/users/%d" % second["id"], status=204)
         self.assertEqual(self.ok("GET", "/v1/admin/users/%d" % admin)["role_id"], admin_role)
+
+
+    def test_expired_admins_do_not_count(self):
+        admin_role = self.admin_role()
+        admin = int(self.pg.psql("SELECT id FROM \"user\" WHERE role_id = %d" % admin_role)[0][0])
+        path = "/v1/admin/users/%d" % admin
+        plain = self.role()
+        msg_user = "The last user with the admin permission cannot lose it or be removed."
+        msg_role = "The admin permission cannot be removed from the last role whose users have it."
+        msg_expiry = "The last user with the admin permission cannot be given an expiry date."
+        now = int(time.time())
+        # The last admin cannot be given an expiry date, past or future.
+        for expires in (now - DAY, now + DAY, 1):
+            self.fails("PATCH", path, {"expires": expires}, 409, msg_expiry)
+        self.ok("PATCH", path, {"expires": None})
+        # Admins that expired are no admins: with only such others, the
+        # last one still keeps admin.
+        other_role = self.role(permissions=["admin"])
+        same = self.user(admin_role, expires=now - 60)
+        other = self.user(other_role["id"], expires=now - 60)
+        self.fails("PATCH", path, {"role_id": plain["id"]}, 409, msg_user)
+        self.fails("PATCH", path, {"expires": now + DAY}, 409, msg_expiry)
+        self.fails("DELETE", path, status=409, detail=msg_user)
+        self.fails("PATCH", "/v1/admin/roles/%d" % admin_role, {"permissions": []}, 409, msg_role)
+        # The expired ones themselves may change and go.
+        self.ok("PATCH", "/v1/admin/users/%d" % same["id"], {"role_id": plain["id"]})
+        self.ok("PATCH", "/v1/admin/roles/%d" % other_role["id"], {"permissions": []})
+        self.ok("DELETE", "/v1/admin/users/%d" % same["id"], status=204)
+        # One that has not expired yet counts: the first may then expire.
+        self.ok("PATCH", "/v1/admin/roles/%d" % other_role["id"], {"permissions": ["admin"]})
+        self.ok("PATCH", "/v1/admin/users/%d" % other["id"], {"expires": None})
+        self.ok("PATCH", path, {"expires": now + DAY})
+        self.ok("PATCH", path, {"expires": None})
+        self.ok("DELETE", "/v1/admin/users/%d" % other["id"], status=204)
+        self.assertIsNone(self.ok("GET", path)["expires"])
+
+
+class LastAdminRace(Base):
+    """Two statements that each take admin away from one of the last two
+    admins, sent at the same moment: one must be refused, whatever the
+    kinds (role PATCH, user PATCH to a plain role, user DELETE, expiry)."""
+
+    def last_two_admins(self):
+        """Two fresh admin roles with one user each; every other user is
+        moved to a plain role, so these two are the only admins."""
+        if not hasattr(type(self), "plain"):
+            type(self).plain = self.role()
+        plain = self.plain
+        roles = [self.role(permissions=["admin"], limits=[]) for _ in range(2)]
+        users = [self.user(r["id"]) for r in roles]
+        self.pg.psql("UPDATE \"user\" SET role_id = %d WHERE id NOT IN (%d, %d)"
+                     % (plain["id"], users[0]["id"], users[1]["id"]))
+        return plain["id"], roles, users
+
+    def admins_left(self):
+        return int(self.pg.psql(
+            "SELECT count(*) FROM \"user\" u JOIN permission p ON p.role_id = u.role_id "
+            "WHERE p.permission = 'admin' AND (u.expires IS NULL OR u.expires > now())")[0][0])
+
+    def removal(self, kind, plain, role, user):
+        if kind == "role":
+            return "PATCH", "/v1/admin/roles/%d" % role["id"], {"permissions": ["read_metric"]}
+        if kind == "user":
+            return "PATCH", "/v1/admin/users/%d" % user["id"], {"role_id": plain}
+        if kind == "expire":
+            return "PATCH", "/v1/admin/users/%d" % user["id"], {"expires": int(time.time()) - 5}
+        return "DELETE", "/v1/admin/users/%d" % user["id"], None
+
+    def race(self, kinds):
+        plain, roles, users = self.last_two_admins()
+        reqs = [self.removal(k, plain, roles[i], users[i]) for i, k in enumerate(kinds)]
+        barrier = threading.Barrier(2)
+        replies = [None, None]
+
+        def one(i):
+            barrier.wait()
+            method, path, body = reqs[i]
+            replies[i] = self.g.request(method, path, body,
+                                        headers={"Authorization": "Bearer " + MASTER})
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        statuses = sorted(r.status for r in replies)
+        self.assertEqual(self.admins_left(), 1, "%s: %r" % (kinds, replies))
+        self.assertIn(statuses, ([200, 409], [204, 409]), "%s: %r" % (kinds, replies))
+
+    def test_two_role_patches(self):
+        for _ in range(10):
+            self.race(("role", "role"))
+
+    def test_mixed_removals(self):
+        for kinds in (("user", "user"), ("role", "user"), ("delete", "role"),
+                      ("expire", "role"), ("expire", "delete"), ("user", "expire")):
+            self.race(kinds)
 
 
 class Keys(Base):

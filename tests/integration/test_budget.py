@@ -35,6 +35,13 @@ def cost_of(reply):
     return decimal.Decimal(reply.json()["usage"]["completion_tokens"]) * COST_COMPLETION / 1000000
 
 
+def chat_choices(gw, key, n, max_tokens):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": n,
+            "max_tokens": max_tokens}
+    return gw.request("POST", "/v1/chat/completions", body,
+                      headers={"Authorization": "Bearer " + key})
+
+
 def wait_settled(fn):
     wait_until("the budget's settlement", fn)
 
@@ -64,6 +71,8 @@ class Budget(unittest.TestCase):
         r = chat(self.gw, key, MODEL, max_tokens=2)
         self.assertEqual(r.status, 200, r.body)
         expected = decimal.Decimal("1.000000") - cost_of(r)
+        # The cost settled is the one the reply's usage shows.
+        self.assertEqual(decimal.Decimal(str(r.json()["usage"]["cost"])), cost_of(r))
         # The settlement is not waited for by the reply.
         wait_settled(lambda: budget_of(self.pg, user_id) == expected)
         # Without max_tokens the hold is budget_hold_completion_tokens
@@ -73,6 +82,28 @@ class Budget(unittest.TestCase):
         self.assertEqual(r.status, 400, r.body)
         self.assertEqual(r.json()["detail"], "Insufficient budget.")
         self.assertEqual(budget_of(self.pg, user_id), expected)
+
+    def test_hold_covers_every_choice(self):
+        # "n" choices of max_tokens each: 3 x 4 tokens hold 0.012, more
+        # than the budget, although one choice (0.004) would fit.
+        user_id, key = self.user("0.010")
+        # "n" anywhere at the top level, after nested values, spaced.
+        raw = (b'{"messages": [{"role": "user", "content": "n", "n": 1}], '
+               b'"model": "priced", "max_tokens": 4, "n" : 3}')
+        for r in (chat_choices(self.gw, key, 3, MAX_TOKENS), chat_choices(self.gw, key, 1000, 4),
+                  self.gw.request("POST", "/v1/chat/completions", raw,
+                                  headers={"Authorization": "Bearer " + key})):
+            self.assertEqual(r.status, 400, r.body)
+            self.assertEqual(r.json()["detail"], "Insufficient budget.")
+        self.assertEqual(budget_of(self.pg, user_id), decimal.Decimal("0.010"))
+        # Two choices fit (0.008); the real cost is settled after.
+        r = chat_choices(self.gw, key, 2, MAX_TOKENS)
+        self.assertEqual(r.status, 200, r.body)
+        wait_settled(lambda: budget_of(self.pg, user_id) == decimal.Decimal("0.010") - cost_of(r))
+        # "n" is capped at 128 choices: a hold of 128 x 0.004 = 0.512.
+        user_id, key = self.user("0.6")
+        r = chat_choices(self.gw, key, 10 ** 6, MAX_TOKENS)
+        self.assertEqual(r.status, 200, r.body)
 
     def test_exhausted_budget(self):
         user_id, key = self.user("0")

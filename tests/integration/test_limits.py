@@ -345,6 +345,51 @@ class TwoInstances(unittest.TestCase):
         self.assertEqual(admitted, self.LIMIT)
 
 
+SYNC_USERS_RE = re.compile(r"parameters: \$1 = '\{([0-9,]*)\}'")
+
+
+class SyncRows(unittest.TestCase):
+    """A sync sends the counters that changed here or were checked here
+    recently, not every counter alive that day; a counter left out is read
+    again before its next check."""
+    MODEL = "lim"
+    IDLE = 10               # seconds, REFRESH_IDLE_MS in limits.c
+
+    def synced_users(self, log):
+        """The user ids of every sync statement in @log."""
+        ids = set()
+        for m in SYNC_USERS_RE.finditer(log):
+            ids.update(int(x) for x in m.group(1).split(",") if x)
+        return ids
+
+    def test_idle_counters_are_not_resent(self):
+        with PgCluster() as pg:
+            pg.psql("ALTER SYSTEM SET log_min_duration_statement = 0")
+            pg.psql("SELECT pg_reload_conf()")
+            with lgtest.Gateway(config([mock_model(self.MODEL)]), pg=pg) as gw:
+                gw.wait_ready()
+                user_id, key = make_user(pg, gw, self.MODEL, {"rpd": 2})
+                wait_model_visible(gw, key, self.MODEL)
+                self.assertEqual(chat(gw, key, self.MODEL).status, 200)
+                wait_until("the count synchronised", lambda: rate_count(pg, user_id, "rpd") == 1)
+                wait_until("the counter in a sync",
+                           lambda: user_id in self.synced_users(pg.server_log()))
+                # Idle here: after REFRESH_IDLE_MS it is no longer sent.
+                time.sleep(self.IDLE + 2)
+                start = len(pg.server_log())
+                time.sleep(20 * SYNC_MS / 1000.0)
+                self.assertNotIn(user_id, self.synced_users(pg.server_log()[start:]))
+                # Another instance's count (a row written directly here)
+                # is read before the next call is checked: the day's
+                # limit of 2 is reached already.
+                pg.psql("UPDATE rate_counter SET count = count + 1 WHERE user_id = %d "
+                        "AND type = 'rpd'" % user_id)
+                r = chat(gw, key, self.MODEL)
+                self.assertEqual(r.status, 429, r.body)
+                self.assertEqual(r.json()["detail"], "Request limit per day exceeded.")
+                stopped_cleanly(gw)
+
+
 class DatabaseDown(unittest.TestCase):
     MODEL = "lim"
 
