@@ -113,7 +113,7 @@ int auth_issue_key(struct auth *a, struct lg_req *req, const struct auth_issue *
 	}
 	*is = (struct issue){ .a = a, .req = req, .user_id = in->user_id, .done = done,
 			      .arg = arg, .key = { 0 } };
-	if (auth_key_new(is->key) < 0) {
+	if (auth_key_new(a->secret, is->key) < 0) {
 		h->reply_error(req, 500, API_INTERNAL_ERROR);
 		return -EIO;
 	}

@@ -1,9 +1,14 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* POST /v1/auth/login: {email, password} -> {id, key}, a new playground
- * key that expires after login_session_duration (spec §3.2). The password
- * is checked off the loop; an unknown account costs the same hash, so the
- * answer does not tell whether it exists. Each account has a number of
- * attempts per minute, beyond which the answer is 429. */
+/* POST /v1/auth/login: {email, password} -> {id, key}: the user's
+ * playground key, made anew at each login and valid for
+ * login_session_duration (spec §3.2). A user has one playground key: its
+ * row is upserted (new hash, new expiry, no longer revoked) and the key it
+ * replaces stops working at once here, and on the other instances when
+ * they hear the row change. Emails are compared case-insensitively. The
+ * password is checked off the loop; an unknown account costs the same
+ * hash, so the answer does not tell whether it exists. Each account has a
+ * number of attempts per minute, beyond which the answer is 429. The new
+ * key leaves this file only in the reply: every copy of it is wiped. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +24,18 @@
 #define MSG_TOO_MANY "Too many login attempts, please try again later."
 
 static const char user_sql[] =
-	"SELECT id, password FROM \"user\" WHERE email = $1";
+	"SELECT id, password FROM \"user\" WHERE lower(email) = lower($1)";
+
+/* One playground key per user (migration 0002's partial unique index). A
+ * user deleted meanwhile gives no row. */
+static const char playground_sql[] =
+	"INSERT INTO token AS t (user_id, name, hash, masked, expires) "
+	"SELECT u.id, '" PLAYGROUND_KEY_NAME "', $2::bytea, $3, to_timestamp($4::bigint) "
+	"FROM \"user\" u WHERE u.id = $1::bigint "
+	"ON CONFLICT (user_id) WHERE name = '" PLAYGROUND_KEY_NAME "' DO UPDATE SET "
+	"hash = EXCLUDED.hash, masked = EXCLUDED.masked, expires = EXCLUDED.expires, "
+	"revoked = false, revoked_at = NULL, created = now() "
+	"RETURNING t.id";
 
 /* One login, in the request's memory. */
 struct login {
@@ -27,7 +43,8 @@ struct login {
 	struct lg_req *req;
 	const char *email;
 	const char *password;
-	int64_t user_id;
+	int64_t user_id;                /* 0: no such user */
+	char key[AUTH_KEY_LEN + 1];     /* the new key, until it is answered */
 };
 
 static void wipe(struct login *l)
@@ -36,49 +53,84 @@ static void wipe(struct login *l)
 		sodium_memzero((void *)l->password, strlen(l->password));
 		l->password = NULL;
 	}
+	sodium_memzero(l->key, sizeof l->key);
 }
 
-static void login_issued(struct lg_req *req, const char *key_json, void *arg)
+/* {"id": ..., "key": ...}: built here rather than with jansson, so that
+ * the only copies of the key are ours to wipe (the host copies the body). */
+static void reply_key(struct login *l, int64_t key_id)
+{
+	char body[64 + AUTH_KEY_LEN];
+	int n = snprintf(body, sizeof body, "{\"id\":%" PRId64 ",\"key\":\"%s\"}", key_id,
+			 l->key);
+
+	if (n < 0 || (size_t)n >= sizeof body)
+		l->a->host->reply_error(l->req, 500, API_INTERNAL_ERROR);
+	else
+		l->a->host->reply(l->req, 200, "application/json", body, (size_t)n);
+	sodium_memzero(body, sizeof body);
+}
+
+static void playground_written(const PGresult *res, const char *error, void *arg)
 {
 	struct login *l = arg;
-	const struct lg_host *h = l->a->host;
-	json_t *key = key_json ? json_loads(key_json, 0, NULL) : NULL;
-	const json_t *id, *value;
+	struct auth *a = l->a;
+	int64_t key_id;
 
-	if (!key_json)
-		return;         /* answered by auth_issue_key() */
-	id = json_object_get(key, "id");
-	value = json_object_get(key, "value");
-	if (!json_is_integer(id) || !json_is_string(value)) {
-		h->log(l->a->self, LG_LOG_ERROR, "login: the new key has no id or value");
-		h->reply_error(req, 500, API_INTERNAL_ERROR);
+	if (error) {
+		api_db_failed(a->host, a->self, l->req, error, NULL, NULL);
+	} else if (PQntuples(res) != 1) {
+		/* The user was deleted since the password was checked. */
+		a->host->reply_error(l->req, 401, MSG_BAD_LOGIN);
 	} else {
-		api_reply_json(h, req, 200, json_pack("{s:O,s:O}", "id", id, "key", value));
+		key_id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+		/* The key this row held stops working now on this instance;
+		 * the row's NOTIFY tells the others. */
+		auth_cache_forget_key(a->cache, key_id);
+		reply_key(l, key_id);
 	}
-	if (key) {
-		/* The key itself was in this tree: do not leave it in freed memory. */
-		if (json_is_string(value))
-			sodium_memzero((void *)json_string_value(value), json_string_length(value));
-		json_decref(key);
+	wipe(l);
+}
+
+/* A new key for the user's playground row. */
+static void playground_write(struct login *l)
+{
+	struct auth *a = l->a;
+	const struct lg_host *h = a->host;
+	unsigned char hash[AUTH_HASH_BYTES];
+	char hash_hex[AUTH_HASH_HEX_LEN + 1], masked[AUTH_MASKED_LEN + 1];
+	const char *params[4];
+
+	if (auth_key_new(a->secret, l->key) < 0) {
+		h->reply_error(l->req, 500, API_INTERNAL_ERROR);
+		return;
 	}
+	auth_key_hash(a->secret, l->key, AUTH_KEY_LEN, hash);
+	auth_hash_bytea(hash, hash_hex);
+	auth_key_mask(l->key, masked);
+	params[0] = api_id_text(h, l->req, l->user_id);
+	params[1] = hash_hex;
+	params[2] = masked;
+	params[3] = api_id_text(h, l->req, auth_now() + a->login_session_s);
+	/* On success the key stays until playground_written() answers. */
+	if (!params[0] || !params[3] ||
+	    !api_query(h, a->self, l->req, playground_sql, 4, params, playground_written, l))
+		wipe(l);
+	sodium_memzero(hash, sizeof hash);
+	sodium_memzero(hash_hex, sizeof hash_hex);
 }
 
 static void login_verified(void *arg, bool ok)
 {
 	struct login *l = arg;
-	struct auth *a = l->a;
-	struct auth_issue in = {
-		.user_id = l->user_id, .name = PLAYGROUND_KEY_NAME,
-		.expires = auth_now() + a->login_session_s,
-	};
 
 	wipe(l);
 	if (!ok) {
-		a->host->reply_error(l->req, 401, MSG_BAD_LOGIN);
+		l->a->host->reply_error(l->req, 401, MSG_BAD_LOGIN);
 		return;
 	}
-	auth_login_succeeded(a, l->email);
-	(void)auth_issue_key(a, l->req, &in, login_issued, l);
+	auth_attempt_succeeded(l->a, l->user_id, l->email);
+	playground_write(l);
 }
 
 static void login_user_read(const PGresult *res, const char *error, void *arg)
@@ -86,6 +138,7 @@ static void login_user_read(const PGresult *res, const char *error, void *arg)
 	struct login *l = arg;
 	struct auth *a = l->a;
 	const char *stored = NULL;
+	int rc;
 
 	if (error) {
 		wipe(l);
@@ -97,19 +150,18 @@ static void login_user_read(const PGresult *res, const char *error, void *arg)
 		if (!PQgetisnull(res, 0, 1))
 			stored = PQgetvalue(res, 0, 1);
 	}
-	if (auth_password_verify(a, stored, l->password, login_verified, l) < 0) {
+	/* Counted per account (its id), so that the email's case does not
+	 * give more tries; an unknown email is an account of its own. */
+	if (!auth_attempt_allowed(a, l->user_id, l->email)) {
 		wipe(l);
-		a->host->reply_error(l->req, 500, API_INTERNAL_ERROR);
+		auth_attempts_refused(a, l->req, l->user_id, l->email, MSG_TOO_MANY);
+		return;
 	}
-}
-
-static void too_many(struct auth *a, struct lg_req *req, const char *email)
-{
-	char wait[24];
-
-	snprintf(wait, sizeof wait, "%" PRId64, auth_login_retry_after(a, email));
-	(void)a->host->reply_header(req, "Retry-After", wait);
-	a->host->reply_error(req, 429, MSG_TOO_MANY);
+	rc = auth_password_verify(a, stored, l->password, login_verified, l);
+	if (rc < 0) {
+		wipe(l);
+		auth_password_refused(a, l->req, rc);
+	}
 }
 
 static void route_login(struct lg_req *req, void *ud)
@@ -132,11 +184,8 @@ static void route_login(struct lg_req *req, void *ud)
 	ok = api_str(h, req, body, "email", API_REQUIRED, 1, 254, &l->email) &&
 	     api_secret(h, req, body, "password", API_REQUIRED, 1, AUTH_PASSWORD_MAX, &l->password);
 	json_decref(body);
-	if (!ok)
-		return;
-	if (!auth_login_allowed(a, l->email)) {
+	if (!ok) {
 		wipe(l);
-		too_many(a, req, l->email);
 		return;
 	}
 	if (!api_query(h, a->self, req, user_sql, 1, &l->email, login_user_read, l))

@@ -138,7 +138,10 @@ static void route_me(struct lg_req *req, void *ud)
 
 /* ---- PATCH /v1/me ---- */
 
-static const char *const user_constraints[] = { "user_email_key", NULL };
+/* Emails are unique whatever their case (migration 0002). */
+static const char *const user_constraints[] = { "user_email_key", "user_email_lower_key",
+						NULL };
+#define MSG_TOO_MANY "Too many password attempts, please try again later."
 
 static const char me_password_sql[] =
 	"SELECT password FROM \"user\" WHERE id = $1::bigint";
@@ -204,13 +207,16 @@ static void me_hashed(void *arg, const char *encoded)
 static void me_verified(void *arg, bool ok)
 {
 	struct me_patch *p = arg;
+	int rc;
 
 	if (!ok) {
 		p->a->host->reply_error(p->req, 401, "Invalid current password.");
 		return;
 	}
-	if (auth_password_hash(p->a, p->password, me_hashed, p) < 0)
-		p->a->host->reply_error(p->req, 503, "The server is busy, please try again later.");
+	auth_attempt_succeeded(p->a, p->user_id, NULL);
+	rc = auth_password_hash(p->a, p->password, me_hashed, p);
+	if (rc < 0)
+		auth_password_refused(p->a, p->req, rc);
 }
 
 static void me_password_read(const PGresult *res, const char *error, void *arg)
@@ -218,6 +224,7 @@ static void me_password_read(const PGresult *res, const char *error, void *arg)
 	struct me_patch *p = arg;
 	const struct lg_host *h = p->a->host;
 	const char *stored = NULL;
+	int rc;
 
 	if (error) {
 		api_db_failed(h, p->a->self, p->req, error, NULL, NULL);
@@ -234,8 +241,9 @@ static void me_password_read(const PGresult *res, const char *error, void *arg)
 			return;
 		stored = p->stored;
 	}
-	if (auth_password_verify(p->a, stored, p->current, me_verified, p) < 0)
-		h->reply_error(p->req, 503, "The server is busy, please try again later.");
+	rc = auth_password_verify(p->a, stored, p->current, me_verified, p);
+	if (rc < 0)
+		auth_password_refused(p->a, p->req, rc);
 }
 
 static bool me_patch_read(struct me_patch *p, const json_t *body)
@@ -292,6 +300,12 @@ static void route_me_patch(struct lg_req *req, void *ud)
 	}
 	if (!p->current) {
 		a->host->reply_error(req, 401, "Invalid current password.");
+		return;
+	}
+	/* The same attempts per minute as the account's logins: the current
+	 * password must not be guessable here either. */
+	if (!auth_attempt_allowed(a, p->user_id, NULL)) {
+		auth_attempts_refused(a, req, p->user_id, NULL, MSG_TOO_MANY);
 		return;
 	}
 	api_query(a->host, a->self, req, me_password_sql, 1, &p->id_text, me_password_read, p);

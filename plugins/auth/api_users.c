@@ -55,7 +55,8 @@
 	"ON p.role_id = a.role_id WHERE p.permission = 'admin' " \
 	"AND (a.expires IS NULL OR a.expires > now()) AND " AFTER_LOCK " FOR SHARE OF a, p)"
 
-static const char *const user_constraints[] = { "user_email_key", NULL };
+static const char *const user_constraints[] = { "user_email_key", "user_email_lower_key",
+						 NULL };
 static const char *const user_sort_by[] = { "id", "name", "created", "email", NULL };
 static const char *const user_sort_columns[] = { "u.id", "u.name", "u.created", "u.email",
 						 NULL };
@@ -334,6 +335,7 @@ static void user_save(struct lg_req *req, void *ud, bool create)
 	struct user_op *op = user_op_new(ud, req, create);
 	json_t *body;
 	bool ok;
+	int rc;
 
 	if (!op)
 		return;
@@ -348,8 +350,9 @@ static void user_save(struct lg_req *req, void *ud, bool create)
 		user_write(op, NULL);
 		return;
 	}
-	if (auth_password_hash(op->a, op->password, user_hashed, op) < 0)
-		op->a->host->reply_error(req, 503, "The server is busy, please try again later.");
+	rc = auth_password_hash(op->a, op->password, user_hashed, op);
+	if (rc < 0)
+		auth_password_refused(op->a, req, rc);
 }
 
 static void route_user_create(struct lg_req *req, void *ud)

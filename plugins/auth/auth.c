@@ -46,8 +46,10 @@ static const struct lg_setting auth_settings[] = {
 	  "the number of keys the cache holds" },
 	{ "password_hash_concurrency", LG_SETTING_INT, "2", 1, 64, 0,
 	  "password hashes computed at once (64 MiB each); the others wait" },
+	{ "password_queue_max", LG_SETTING_INT, "64", 0, 100000, 0,
+	  "password hashes that may wait for their turn; beyond, 503 with Retry-After" },
 	{ "login_attempts_per_minute", LG_SETTING_INT, "10", 1, 100000, 0,
-	  "login attempts per account and minute; beyond, 429" },
+	  "password checks (logins, password changes) per account and minute; beyond, 429" },
 	{ "limits_sync_interval", LG_SETTING_DURATION, "250ms", 10, 60000, 0,
 	  "how often rate-limit counters are exchanged with the other instances" },
 	{ "budget_hold_completion_tokens", LG_SETTING_INT, "4096", 0, 100000000, 0,
@@ -161,6 +163,7 @@ static int read_settings(struct auth *a)
 	a->cache = auth_cache_new((size_t)cfg_int(a, "cache_size"), cfg_ms(a, "cache_ttl"),
 				  cfg_ms(a, "cache_negative_ttl"));
 	a->passwords = auth_passwords_new((unsigned)cfg_int(a, "password_hash_concurrency"),
+					  (unsigned)cfg_int(a, "password_queue_max"),
 					  (unsigned)cfg_int(a, "login_attempts_per_minute"));
 	if (!a->cache || !a->passwords) {
 		a->host->set_error(a->self, "out of memory");
@@ -304,7 +307,7 @@ static int auth_init(struct lg_plugin *self, const struct lg_host *host)
 
 static const char has_admin_sql[] =
 	"SELECT EXISTS (SELECT 1 FROM \"user\" u JOIN permission p ON p.role_id = u.role_id "
-	"WHERE p.permission = 'admin')";
+	"WHERE p.permission = 'admin' AND (u.expires IS NULL OR u.expires > now()))";
 
 /* One statement, so that it is one transaction; instances starting
  * together meet on the unique constraints. */
@@ -318,7 +321,7 @@ static const char bootstrap_sql[] =
 	"ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id) "
 	"INSERT INTO \"user\" (email, password, role_id, organization_id) "
 	"SELECT $1, $2, r.id, o.id FROM r, o "
-	"ON CONFLICT (email) DO UPDATE SET password = EXCLUDED.password, "
+	"ON CONFLICT ((lower(email))) DO UPDATE SET password = EXCLUDED.password, "
 	"role_id = EXCLUDED.role_id, expires = NULL "
 	"RETURNING (xmax = 0) AS created";
 

@@ -39,8 +39,12 @@ struct auth;
 
 #define AUTH_KEY_PREFIX "sk-"
 #define AUTH_KEY_RANDOM_BYTES 32        /* 256 bits */
-/* "sk-" and 43 characters of unpadded URL-safe base64 */
-#define AUTH_KEY_LEN (3 + 43)
+/* A key carries a tag that only the server can compute, so that made-up
+ * keys are refused without a cache or database lookup. */
+#define AUTH_KEY_TAG_BYTES 4
+/* "sk-" and 48 characters of unpadded URL-safe base64: the random bytes,
+ * then the tag */
+#define AUTH_KEY_LEN (3 + 4 * (AUTH_KEY_RANDOM_BYTES + AUTH_KEY_TAG_BYTES) / 3)
 #define AUTH_HASH_BYTES 32
 #define AUTH_SECRET_BYTES crypto_generichash_KEYBYTES
 /* first 8 characters, "...", last 8 characters (spec §3.2) */
@@ -48,11 +52,16 @@ struct auth;
 /* "\x" and 64 hex digits: a bytea parameter */
 #define AUTH_HASH_HEX_LEN (2 + 2 * AUTH_HASH_BYTES)
 
-/** auth_key_new() - a fresh random key, NUL-terminated. 0 or -EIO. */
-int auth_key_new(char out[AUTH_KEY_LEN + 1]);
-/** auth_key_well_formed() - prefix, length and alphabet of a key, checked
- * before any hashing or lookup. */
+/** auth_key_new() - a fresh random key tagged with @secret, NUL-terminated.
+ * 0 or -EIO. */
+int auth_key_new(const unsigned char secret[AUTH_SECRET_BYTES], char out[AUTH_KEY_LEN + 1]);
+/** auth_key_well_formed() - prefix, length and alphabet of a key. */
 bool auth_key_well_formed(const char *key, size_t len);
+/** auth_key_authentic() - well formed, and its tag is the one @secret
+ * gives its random bytes (compared in constant time): checked before any
+ * cache or database lookup. */
+bool auth_key_authentic(const unsigned char secret[AUTH_SECRET_BYTES], const char *key,
+			size_t len);
 /** auth_key_hash() - keyed BLAKE2b of @key with the server secret. */
 void auth_key_hash(const unsigned char secret[AUTH_SECRET_BYTES], const char *key, size_t len,
 		   unsigned char out[AUTH_HASH_BYTES]);
@@ -162,8 +171,11 @@ void auth_roles_free_all(struct auth *a);
 struct auth_passwords;
 
 /** auth_password_hash() - Argon2id on the work pool, at most
- * password_hash_concurrency at once (others wait in order). @done runs on
- * the calling loop with the encoded hash (borrowed), or NULL on failure. */
+ * password_hash_concurrency at once (others wait in order, at most
+ * password_queue_max of them). @done runs on the calling loop with the
+ * encoded hash (borrowed), or NULL on failure. 0 when @done will run
+ * exactly once; -EBUSY when the queue is full, -ENOMEM: @done will not run
+ * (answer with auth_password_refused()). */
 int auth_password_hash(struct auth *a, const char *password,
 		       void (*done)(void *arg, const char *encoded), void *arg);
 /** auth_password_verify() - the same for a check; a NULL @encoded (a user
@@ -171,17 +183,26 @@ int auth_password_hash(struct auth *a, const char *password,
  * tell whether an account exists. */
 int auth_password_verify(struct auth *a, const char *encoded, const char *password,
 			 void (*done)(void *arg, bool ok), void *arg);
+/** auth_password_refused() - answer a request whose hash or check was not
+ * taken (@rc from the two above): 503 with Retry-After for -EBUSY, else
+ * 500. Returns @rc. */
+int auth_password_refused(struct auth *a, struct lg_req *req, int rc);
 /** auth_password_hash_sync() - for start() (bootstrap admin). 0 or -errno. */
 int auth_password_hash_sync(const char *password, char out[crypto_pwhash_STRBYTES]);
-/** auth_login_allowed() - whether this account may try to log in now
- * (login_attempts per minute and per account); auth_login_failed() counts
- * a failure, auth_login_succeeded() clears them. Thread: any. */
-bool auth_login_allowed(struct auth *a, const char *email);
-void auth_login_failed(struct auth *a, const char *email);
-void auth_login_succeeded(struct auth *a, const char *email);
-/** auth_login_retry_after() - seconds until this account may try again. */
-int64_t auth_login_retry_after(struct auth *a, const char *email);
-struct auth_passwords *auth_passwords_new(unsigned concurrency, unsigned attempts_per_minute);
+/** auth_attempt_allowed() - whether this account may check a password now
+ * (login or change of one's own password; login_attempts_per_minute per
+ * account), and counts the attempt if so; auth_attempt_succeeded() clears
+ * the count. The account is @user_id when > 0, else @email (an email that
+ * names no user), compared case-insensitively. Thread: any. */
+bool auth_attempt_allowed(struct auth *a, int64_t user_id, const char *email);
+void auth_attempt_succeeded(struct auth *a, int64_t user_id, const char *email);
+/** auth_attempt_retry_after() - seconds until this account may try again. */
+int64_t auth_attempt_retry_after(struct auth *a, int64_t user_id, const char *email);
+/** auth_attempts_refused() - answer 429 @message with Retry-After. */
+void auth_attempts_refused(struct auth *a, struct lg_req *req, int64_t user_id,
+			   const char *email, const char *message);
+struct auth_passwords *auth_passwords_new(unsigned concurrency, unsigned queue_max,
+					  unsigned attempts_per_minute);
 void auth_passwords_free(struct auth_passwords *p);
 
 /* ---- authn.c ---- */

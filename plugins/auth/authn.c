@@ -3,9 +3,11 @@
  *
  * The path of a known key costs one keyed hash and one lookup in a cache
  * stripe; nothing is allocated but the request's own state. A key that is
- * not well formed is refused before any hashing or lookup, and a key the
- * database did not know is remembered for a few seconds, so junk keys
- * never reach PostgreSQL. A stale entry (past its TTL) is checked again in
+ * not well formed, or whose tag is not the one the server secret gives
+ * (keys.c), is refused before any lookup: made-up keys, however many and
+ * however distinct, never reach the cache or PostgreSQL. A key that is
+ * authentic but unknown to the database (revoked long ago, deleted) is
+ * remembered for a few seconds. A stale entry (past its TTL) is checked again in
  * the database, and used as it is while the database is unavailable: the
  * keys that were in use keep working through an outage, unknown ones get
  * 503 rather than a 401 that would be a lie.
@@ -270,7 +272,7 @@ enum lg_hook_result auth_authenticate(struct lg_req *req, void *ud)
 	len = strlen(key);
 	if (is_master(a, key, len))
 		return admit_master(a, req);
-	if (!auth_key_well_formed(key, len))
+	if (!auth_key_authentic(a->secret, key, len))
 		return LG_HOOK_DECLINE;
 	auth_key_hash(a->secret, key, len, hash);
 	switch (auth_cache_get(a->cache, hash, &id)) {

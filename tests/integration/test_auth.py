@@ -2,8 +2,12 @@
 # SPDX-License-Identifier: Apache-2.0
 """The auth plugin's configuration and its first users: the master key is an
 admin key; API keys need a hashing secret; the bootstrap admin is created at
-start and logs in (POST /v1/auth/login) for a key that works; logins are
-limited per account; default secrets are refused beyond loopback."""
+start and logs in (POST /v1/auth/login) for its playground key, one per
+user, replaced at each login; emails are case-insensitive; password checks
+(logins, PATCH /v1/me) are limited per account; the queue of password
+hashes is bounded; default secrets are refused beyond loopback."""
+import subprocess
+import threading
 import time
 import unittest
 
@@ -27,8 +31,13 @@ def config(**auth):
     return {"plugins": {"auth": auth, "mock": {}}, "models": models()}
 
 
-def login(g, email, password):
-    return g.request("POST", "/v1/auth/login", body={"email": email, "password": password})
+def bearer(key):
+    return {"Authorization": "Bearer " + key}
+
+
+def login(g, email, password, timeout=10):
+    return g.request("POST", "/v1/auth/login", body={"email": email, "password": password},
+                     timeout=timeout)
 
 
 class MasterKey(unittest.TestCase):
@@ -128,7 +137,7 @@ class BootstrapAndLogin(unittest.TestCase):
             body = r.json()
             self.assertEqual(set(body), {"id", "key"})
             key = body["key"]
-            self.assertRegex(key, r"^sk-[A-Za-z0-9_-]{43}$")
+            self.assertRegex(key, r"^sk-[A-Za-z0-9_-]{48}$")
             row = self.pg.psql("SELECT name, masked, extract(epoch FROM expires - now()), "
                                "revoked FROM token WHERE id = %d" % body["id"])[0]
             self.assertEqual(row[0], "_system_playground_key")
@@ -173,21 +182,130 @@ class BootstrapAndLogin(unittest.TestCase):
             self.assertEqual(login(g, "someone-else", "wrong-password").status, 401)
 
     def test_concurrent_logins_are_all_answered(self):
-        import threading
-        with lgtest.Gateway(config(password_hash_concurrency=1,
-                                   login_attempts_per_minute=100), pg=self.pg) as g:
+        # Several workers: a job that waited is started on its own worker by
+        # another one's finished job.
+        cfg = config(password_hash_concurrency=1, login_attempts_per_minute=100)
+        cfg["server"] = {"workers": 4}
+        with lgtest.Gateway(cfg, pg=self.pg) as g:
             results = []
 
             def one(i):
                 pw = ADMIN_PASSWORD if i % 2 == 0 else "wrong-password"
-                results.append((i, login(g, "admin", pw).status))
+                # Generous: the hashes run one at a time on a busy machine.
+                results.append((i, login(g, "admin", pw, timeout=120).status))
             threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
             for t in threads:
                 t.start()
             for t in threads:
-                t.join(60)
+                t.join(150)
             self.assertEqual(sorted(results),
                              [(i, 200 if i % 2 == 0 else 401) for i in range(8)])
+
+    def test_login_replaces_the_playground_key(self):
+        with lgtest.Gateway(config(), pg=self.pg) as g:
+            first = login(g, "admin", ADMIN_PASSWORD).json()
+            self.assertEqual(g.request("GET", "/v1/models",
+                                       headers=bearer(first["key"])).status, 200)
+            second = login(g, "admin", ADMIN_PASSWORD).json()
+            self.assertEqual(second["id"], first["id"])
+            self.assertNotEqual(second["key"], first["key"])
+            rows = self.pg.psql("SELECT count(*), bool_or(revoked) FROM token t JOIN \"user\" u "
+                                "ON u.id = t.user_id WHERE u.email = 'admin' "
+                                "AND t.name = '_system_playground_key'")
+            self.assertEqual(rows, [["1", "f"]])
+            # The old key stops at once on this instance (it was cached).
+            self.assertEqual(g.request("GET", "/v1/models",
+                                       headers=bearer(first["key"])).status, 401)
+            self.assertEqual(g.request("GET", "/v1/models",
+                                       headers=bearer(second["key"])).status, 200)
+            # A revoked playground key is made anew by the next login.
+            self.pg.psql("UPDATE token SET revoked = true, revoked_at = now() WHERE id = %d"
+                         % second["id"])
+            third = login(g, "admin", ADMIN_PASSWORD).json()
+            self.assertEqual(third["id"], first["id"])
+            self.assertEqual(self.pg.psql("SELECT revoked, revoked_at IS NULL, masked FROM token "
+                                          "WHERE id = %d" % third["id"]),
+                             [["f", "t", third["key"][:8] + "..." + third["key"][-8:]]])
+            self.assertEqual(g.request("GET", "/v1/models",
+                                       headers=bearer(third["key"])).status, 200)
+
+    def test_emails_are_case_insensitive(self):
+        with lgtest.Gateway(config(), pg=self.pg) as g:
+            self.assertEqual(login(g, "ADMIN", ADMIN_PASSWORD).status, 200)
+            with self.assertRaises(subprocess.CalledProcessError) as e:
+                self.pg.psql("INSERT INTO \"user\" (email, role_id, organization_id) "
+                             "SELECT 'Admin', role_id, organization_id FROM \"user\" "
+                             "WHERE email = 'admin'")
+            self.assertIn("user_email_lower_key", e.exception.stderr)
+            # bob has the admin's password, and another email.
+            self.pg.psql("INSERT INTO \"user\" (email, password, role_id, organization_id) "
+                         "SELECT 'bob@example.org', password, role_id, organization_id "
+                         "FROM \"user\" WHERE email = 'admin'")
+            r = login(g, "Bob@Example.ORG", ADMIN_PASSWORD)
+            self.assertEqual(r.status, 200, r.body)
+            bob = r.json()["key"]
+            r = g.request("PATCH", "/v1/me", body={"email": "ADMIN"}, headers=bearer(bob))
+            self.assertEqual(r.status, 409, r.body)
+            self.assertEqual(r.json()["detail"], "User already exists.")
+            r = g.request("PATCH", "/v1/me", body={"email": "BOB@example.org"},
+                          headers=bearer(bob))
+            self.assertEqual(r.status, 204, r.body)
+
+    def test_login_limit_ignores_the_case_of_the_email(self):
+        with lgtest.Gateway(config(login_attempts_per_minute=3), pg=self.pg) as g:
+            for email in ("admin", "ADMIN", "Admin"):
+                self.assertEqual(login(g, email, "wrong-password").status, 401)
+            r = login(g, "aDmin", ADMIN_PASSWORD)
+            self.assertEqual(r.status, 429, r.body)
+            self.assertIn("Retry-After", r.headers)
+
+    def test_password_change_attempts_are_limited(self):
+        with lgtest.Gateway(config(login_attempts_per_minute=3), pg=self.pg) as g:
+            key = login(g, "admin", ADMIN_PASSWORD).json()["key"]
+            change = {"current_password": "wrong-password", "password": "new-password-123"}
+            for _ in range(3):
+                r = g.request("PATCH", "/v1/me", body=change, headers=bearer(key))
+                self.assertEqual(r.status, 401, r.body)
+                self.assertEqual(r.json()["detail"], "Invalid current password.")
+            change["current_password"] = ADMIN_PASSWORD
+            r = g.request("PATCH", "/v1/me", body=change, headers=bearer(key))
+            self.assertEqual(r.status, 429, r.body)
+            self.assertTrue(1 <= int(r.headers["Retry-After"]) <= 60, r.headers)
+            # The account's logins share the count.
+            self.assertEqual(login(g, "admin", ADMIN_PASSWORD).status, 429)
+            # Unchanged.
+            self.assertEqual(self.pg.psql("SELECT count(*) FROM \"user\" WHERE email = 'admin'"
+                                          " AND password IS NOT NULL")[0][0], "1")
+
+    def test_password_queue_is_bounded(self):
+        cfg = config(password_hash_concurrency=1, password_queue_max=0,
+                     login_attempts_per_minute=1000)
+        cfg["server"] = {"workers": 4}
+        with lgtest.Gateway(cfg, pg=self.pg) as g:
+            busy = []
+            for burst in range(5):
+                results = []
+
+                def one(i):
+                    r = login(g, "nobody-%d-%d" % (burst, i), "wrong-password", timeout=120)
+                    results.append((r.status, r.headers.get("Retry-After"),
+                                    r.json()["detail"]))
+                threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(150)
+                self.assertEqual(len(results), 16)
+                for status, retry, detail in results:
+                    self.assertIn(status, (401, 503), detail)
+                busy = [x for x in results if x[0] == 503]
+                if busy:
+                    break
+            self.assertTrue(busy, "no login was refused with a queue of 0")
+            self.assertEqual(busy[0][1], "1")
+            self.assertEqual(busy[0][2], "The server is busy, please try again later.")
+            # Once the burst is over, logins work again.
+            self.assertEqual(login(g, "admin", ADMIN_PASSWORD).status, 200)
 
 
 if __name__ == "__main__":

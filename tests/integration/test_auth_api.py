@@ -33,7 +33,10 @@ def models():
 
 
 def config():
-    return {"plugins": {"auth": {"master_key": MASTER, "key_max_expiration_days": MAX_DAYS},
+    # Wrong current passwords are part of the corpus: more than login's
+    # default number of attempts per minute.
+    return {"plugins": {"auth": {"master_key": MASTER, "key_max_expiration_days": MAX_DAYS,
+                                 "login_attempts_per_minute": 1000},
                         "mock": {}},
             "models": models()}
 

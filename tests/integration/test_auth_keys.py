@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
 """API keys on the request path: junk keys are refused without asking
-PostgreSQL (malformed ones never reach it, unknown ones are remembered);
+PostgreSQL (malformed ones and made-up ones, whose tag the server secret
+did not make, never reach it; unknown authentic ones are remembered);
 revocation is immediate on this instance and within a second on another;
 while PostgreSQL is down cached keys keep working and an unknown key gets
 503; an expired account gets 403 except on GET /v1/me; keys never reach the
 log; SQL metacharacters in the bearer token are only a bad key."""
+import base64
+import hashlib
+import os
 import time
 import unittest
 
@@ -46,9 +50,34 @@ def new_key(g):
 
 
 def forged(key, keep):
-    """A well-formed key sharing the first @keep characters of @key."""
+    """A well-formed key sharing the first @keep characters of @key: its
+    tag is wrong."""
     tail = "".join("A" if c != "A" else "B" for c in key[keep:-1]) + "A"
     return key[:keep] + tail
+
+
+def hashing_secret(master):
+    """The secret keys are tagged and hashed with, as auth.c derives it."""
+    return hashlib.blake2b(master.encode(), digest_size=32,
+                           key=b"llmgate auth: API key hashing secret v1").digest()
+
+
+def authentic(master=MASTER):
+    """A key the server could have made (its tag is right) but did not."""
+    raw = os.urandom(32)
+    tag = hashlib.blake2b(raw, digest_size=32, key=hashing_secret(master),
+                          person=b"llmgate:key-tag1").digest()[:4]
+    return "sk-" + base64.urlsafe_b64encode(raw + tag).decode().rstrip("=")
+
+
+def made_up():
+    """A well-formed key with random characters (and so a wrong tag)."""
+    return "sk-" + base64.urlsafe_b64encode(os.urandom(36)).decode()
+
+
+def xact_commits(pg):
+    return int(pg.psql("SELECT xact_commit FROM pg_stat_database "
+                       "WHERE datname = current_database()")[0][0])
 
 
 def wait_status(g, key, status, timeout):
@@ -71,24 +100,27 @@ class Keys(unittest.TestCase):
     def test_junk_keys_never_reach_the_database(self):
         with lgtest.Gateway(config(cache_negative_ttl="60s"), pg=self.pg) as g:
             key = new_key(g)["key"]
+            self.assertEqual(len(key), 51)
             self.assertEqual(models_status(g, key), 200)
-            unknown = forged(key, 20)
+            unknown = authentic()
             self.assertEqual(models_status(g, unknown), 401)
             self.pg.stop()
             try:
-                # Malformed: refused before any lookup, so no 503.
+                # Malformed or made up: refused before any lookup, so no 503.
                 for junk in ["", "sk-", "sk-abc", key[:-1], key + "A", "sk_" + key[3:],
-                             key[:-1] + "B"] + SQL_CORPUS:
+                             key[:-1] + ("B" if key[-1] != "B" else "C"), forged(key, 20),
+                             authentic("another-secret")] + \
+                        [made_up() for _ in range(20)] + SQL_CORPUS:
                     r = g.request("GET", "/v1/models", headers=bearer(junk))
                     self.assertEqual(r.status, 401, (junk[:30], r.body))
                     if junk:        # "Bearer " alone loses its blank on the way
                         self.assertEqual(r.json()["detail"], "Invalid API key.")
-                # Well formed but known to be unknown: remembered, still 401.
+                # Authentic but known to be unknown: remembered, still 401.
                 self.assertEqual(models_status(g, unknown), 401)
                 # A cached key keeps working.
                 self.assertEqual(models_status(g, key), 200)
-                # A well-formed key never seen: the database must say, and cannot.
-                r = g.request("GET", "/v1/models", headers=bearer(forged(key, 30)))
+                # An authentic key never seen: the database must say, and cannot.
+                r = g.request("GET", "/v1/models", headers=bearer(authentic()))
                 self.assertEqual(r.status, 503, r.body)
                 self.assertEqual(r.json()["detail"],
                                  "The database is not available, please try again later.")
@@ -96,10 +128,38 @@ class Keys(unittest.TestCase):
             finally:
                 self.pg.pg_ctl_start()
             # Once the pool has reconnected, the database answers: unknown.
-            self.assertIsNotNone(wait_status(g, forged(key, 30), 401, 30))
+            self.assertIsNotNone(wait_status(g, authentic(), 401, 30))
             log = g.log()
         self.assertNotIn(key, log)
         self.assertNotIn(key[3:20], log)
+
+    def test_made_up_keys_cost_no_transaction(self):
+        """Every distinct made-up key used to cost one query; now none. The
+        commits of the database are counted over a quiet period first, so
+        that the gateway's own background work is allowed for."""
+        window = 12.0   # a busy backend reports its counts within 10 s
+        with lgtest.Gateway(config(), pg=self.pg) as g:
+            key = new_key(g)["key"]
+            self.assertEqual(models_status(g, key), 200)
+            time.sleep(1.5)
+            c0 = xact_commits(self.pg)
+            time.sleep(window)
+            c1 = xact_commits(self.pg)
+            start = time.monotonic()
+            keys = [made_up() for _ in range(200)]
+            self.assertEqual(len(set(keys)), 200)
+            for k in keys:
+                r = g.request("GET", "/v1/models", headers=bearer(k))
+                self.assertEqual(r.status, 401, r.body)
+                self.assertEqual(r.json()["detail"], "Invalid API key.")
+            took = time.monotonic() - start
+            time.sleep(window)
+            c2 = xact_commits(self.pg)
+        background = (c1 - c0) * (took + window) / window
+        self.assertLess(c1 - c0, 50, "too much background activity to measure")
+        self.assertLess(c2 - c1, background + 25,
+                        "made-up keys reached the database: %d commits, %.0f expected"
+                        % (c2 - c1, background))
 
     def test_stale_keys_serve_while_the_database_is_down(self):
         with lgtest.Gateway(config(cache_ttl="0s"), pg=self.pg) as g:
@@ -121,7 +181,11 @@ class Keys(unittest.TestCase):
                 lgtest.Gateway(config(), pg=self.pg) as g2:
             made = new_key(g1)
             key = made["key"]
-            other = new_key(g2)["key"]
+            # A login replaces the user's playground key: the other key is
+            # an ordinary one.
+            r = g2.request("POST", "/v1/keys", body={"name": "other"}, headers=bearer(key))
+            self.assertEqual(r.status, 201, r.body)
+            other = r.json()["value"]
             for g in (g1, g2):
                 self.assertEqual(models_status(g, key), 200)
                 self.assertEqual(models_status(g, other), 200)
@@ -160,7 +224,8 @@ class Keys(unittest.TestCase):
     def test_sql_metacharacters_in_the_bearer(self):
         with lgtest.Gateway(config(), pg=self.pg) as g:
             key = new_key(g)["key"]
-            for junk in SQL_CORPUS + [key[:20] + c * 26 for c in ("'", "%", "_", "\\")]:
+            for junk in SQL_CORPUS + [key[:20] + c * (len(key) - 20)
+                                      for c in ("'", "%", "_", "\\")]:
                 r = g.request("GET", "/v1/models", headers=bearer(junk))
                 self.assertEqual(r.status, 401, (junk[:30], r.body))
             self.assertEqual(models_status(g, key), 200)

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* The auth plugin's pure parts: the key format, its keyed hash and mask,
- * and the key cache (hits, TTLs, unknown keys, eviction, forgetting, and
- * two threads at once). */
+/* The auth plugin's pure parts: the key format and its tag, its keyed
+ * hash and mask, and the key cache (hits, TTLs, unknown keys, eviction,
+ * forgetting, and two threads at once). */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -33,16 +33,19 @@ static void new_keys_are_well_formed_and_distinct(void **state)
 	char a[AUTH_KEY_LEN + 1], b[AUTH_KEY_LEN + 1];
 
 	(void)state;
-	assert_int_equal(auth_key_new(a), 0);
-	assert_int_equal(auth_key_new(b), 0);
+	assert_int_equal(AUTH_KEY_LEN, 3 + 48);
+	assert_int_equal(auth_key_new(secret_a, a), 0);
+	assert_int_equal(auth_key_new(secret_a, b), 0);
 	assert_int_equal(strlen(a), AUTH_KEY_LEN);
 	assert_memory_equal(a, "sk-", 3);
 	assert_true(auth_key_well_formed(a, strlen(a)));
-	assert_true(auth_key_well_formed(b, strlen(b)));
+	assert_true(auth_key_authentic(secret_a, a, strlen(a)));
+	assert_true(auth_key_authentic(secret_a, b, strlen(b)));
 	assert_string_not_equal(a, b);
 	for (int i = 0; i < 200; i++) {
-		assert_int_equal(auth_key_new(a), 0);
+		assert_int_equal(auth_key_new(secret_a, a), 0);
 		assert_true(auth_key_well_formed(a, strlen(a)));
+		assert_true(auth_key_authentic(secret_a, a, strlen(a)));
 	}
 }
 
@@ -52,25 +55,72 @@ static void malformed_keys_are_refused(void **state)
 	char bad[AUTH_KEY_LEN + 1];
 
 	(void)state;
-	assert_int_equal(auth_key_new(key), 0);
+	assert_int_equal(auth_key_new(secret_a, key), 0);
 	assert_false(auth_key_well_formed("", 0));
+	assert_false(auth_key_authentic(secret_a, "", 0));
 	assert_false(auth_key_well_formed(key, AUTH_KEY_LEN - 1));      /* short */
+	assert_false(auth_key_authentic(secret_a, key, AUTH_KEY_LEN - 1));
 	memcpy(bad, key, sizeof bad);
 	bad[0] = 'S';                                                  /* prefix */
 	assert_false(auth_key_well_formed(bad, AUTH_KEY_LEN));
+	assert_false(auth_key_authentic(secret_a, bad, AUTH_KEY_LEN));
 	memcpy(bad, key, sizeof bad);
 	bad[10] = '+';                                                 /* not URL-safe */
 	assert_false(auth_key_well_formed(bad, AUTH_KEY_LEN));
+	assert_false(auth_key_authentic(secret_a, bad, AUTH_KEY_LEN));
 	bad[10] = '\'';
 	assert_false(auth_key_well_formed(bad, AUTH_KEY_LEN));
-	memcpy(bad, key, sizeof bad);
-	bad[AUTH_KEY_LEN - 1] = 'B';                                   /* padding bits set */
+	bad[10] = '=';
 	assert_false(auth_key_well_formed(bad, AUTH_KEY_LEN));
-	bad[AUTH_KEY_LEN - 1] = 'E';                                   /* value 4: fine */
-	assert_true(auth_key_well_formed(bad, AUTH_KEY_LEN));
 	key[AUTH_KEY_LEN] = 'A';                                       /* long */
 	key[AUTH_KEY_LEN + 1] = '\0';
 	assert_false(auth_key_well_formed(key, AUTH_KEY_LEN + 1));
+	assert_false(auth_key_authentic(secret_a, key, AUTH_KEY_LEN + 1));
+}
+
+/* The tag is what keeps made-up keys away from the cache and the database:
+ * any change to a key, a key of another secret, or random characters are
+ * refused by the key alone. */
+static void only_the_secret_makes_authentic_keys(void **state)
+{
+	static const char alphabet[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+	char key[AUTH_KEY_LEN + 1], bad[AUTH_KEY_LEN + 1];
+	unsigned forged = 0;
+
+	(void)state;
+	assert_int_equal(auth_key_new(secret_a, key), 0);
+	assert_false(auth_key_authentic(secret_b, key, AUTH_KEY_LEN));
+	/* Each character of the body, changed to another one. */
+	for (size_t i = 3; i < AUTH_KEY_LEN; i++) {
+		memcpy(bad, key, sizeof bad);
+		bad[i] = bad[i] == 'A' ? 'B' : 'A';
+		assert_true(auth_key_well_formed(bad, AUTH_KEY_LEN));
+		assert_false(auth_key_authentic(secret_a, bad, AUTH_KEY_LEN));
+	}
+	/* Random well-formed keys: one in 2^32 passes, so none of these. */
+	for (int n = 0; n < 20000; n++) {
+		memcpy(bad, "sk-", 3);
+		for (size_t i = 3; i < AUTH_KEY_LEN; i++)
+			bad[i] = alphabet[randombytes_uniform(64)];
+		bad[AUTH_KEY_LEN] = '\0';
+		assert_true(auth_key_well_formed(bad, AUTH_KEY_LEN));
+		forged += auth_key_authentic(secret_a, bad, AUTH_KEY_LEN);
+	}
+	assert_int_equal(forged, 0);
+}
+
+/* The format, fixed for other implementations (docs/auth.md): random bytes
+ * 0..31, tag = BLAKE2b-256(key = secret, personal = "llmgate:key-tag1")
+ * of them, first 4 bytes; computed with Python's hashlib. */
+static void key_format_known_answer(void **state)
+{
+	static const char key[] = "sk-AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh9O5PBZ";
+
+	(void)state;
+	assert_int_equal(strlen(key), AUTH_KEY_LEN);
+	assert_true(auth_key_authentic(secret_a, key, AUTH_KEY_LEN));
+	assert_false(auth_key_authentic(secret_b, key, AUTH_KEY_LEN));
 }
 
 static void hash_depends_on_key_and_secret(void **state)
@@ -80,7 +130,7 @@ static void hash_depends_on_key_and_secret(void **state)
 	char hex[AUTH_HASH_HEX_LEN + 1];
 
 	(void)state;
-	assert_int_equal(auth_key_new(key), 0);
+	assert_int_equal(auth_key_new(secret_a, key), 0);
 	memcpy(other, key, sizeof other);
 	other[20] = other[20] == 'A' ? 'B' : 'A';
 	auth_key_hash(secret_a, key, AUTH_KEY_LEN, h1);
@@ -101,7 +151,7 @@ static void mask_shows_eight_and_eight(void **state)
 	char key[AUTH_KEY_LEN + 1], masked[AUTH_MASKED_LEN + 1];
 
 	(void)state;
-	assert_int_equal(auth_key_new(key), 0);
+	assert_int_equal(auth_key_new(secret_a, key), 0);
 	auth_key_mask(key, masked);
 	assert_int_equal(strlen(masked), AUTH_MASKED_LEN);
 	assert_memory_equal(masked, key, 8);
@@ -313,6 +363,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(new_keys_are_well_formed_and_distinct),
 		cmocka_unit_test(malformed_keys_are_refused),
+		cmocka_unit_test(only_the_secret_makes_authentic_keys),
+		cmocka_unit_test(key_format_known_answer),
 		cmocka_unit_test(hash_depends_on_key_and_secret),
 		cmocka_unit_test(mask_shows_eight_and_eight),
 		cmocka_unit_test(cache_hit_then_stale),
