@@ -687,7 +687,11 @@ static bool worker_reset(struct pg_worker *w)
 
 static bool worker_connection_ready(struct pg_worker *w)
 {
-	if (PQstatus(w->conn) == CONNECTION_OK)
+	/* A server that restarted closed this idle connection: read what it
+	 * said now (one non-blocking read), so that the query goes to a new
+	 * connection instead of failing on the dead one. */
+	if (PQstatus(w->conn) == CONNECTION_OK && PQconsumeInput(w->conn) &&
+	    PQstatus(w->conn) == CONNECTION_OK)
 		return true;
 	if (now_ms() < w->next_reset_ms)
 		return false;
