@@ -71,6 +71,16 @@
  * - Slow client: when more than STREAM_HIGH_WATER bytes wait for the
  *   client, the upstream transfer is paused until the drain callback (an
  *   in-process serve() cannot be paused; its output is queued).
+ * - Calls made by plugins (host->model_call()) run this same engine on a
+ *   request without an exchange (struct icall): answers go to the plugin
+ *   (out_reply(), out_error()), headers nowhere, and they are never
+ *   streamed. AUTHORIZE and COMPLETE hooks run as for a client's call, with
+ *   the plugin's principal, so limits and usage count them. The answer is
+ *   handed over from the loop once the engine is done with the request.
+ * - Hooks rewrite a call: call_set_body() swaps the body that goes upstream
+ *   (then rescanned: model, stream_options); call_reply_member() adds
+ *   members that are spliced into the reply, or into the first event,
+ *   with the same editor as id, model and usage.
  */
 #include "forward.h"
 
@@ -94,6 +104,7 @@
 #include "json.h"
 #include "log.h"
 #include "models.h"
+#include "multipart.h"
 
 #define COMPONENT "forward"
 
@@ -108,8 +119,8 @@
 #define DETAIL_MAX 1000                 /* of a raw upstream body in an error */
 #define REPLY_MAX ((size_t)64 << 20)    /* a buffered upstream reply */
 #define TRANSCRIPTION_MAX_BODY ((size_t)25 << 20)
-#define MULTIPART_MAX_PARTS 64
-#define MULTIPART_MAX_HEAD 8192
+#define REPLY_MEMBERS_MAX 8             /* call_reply_member() per call */
+#define REPLY_MEMBER_NAME_MAX 64
 #define MODEL_NAME_MAX 256
 #define SMALL_MEMBERS 32
 
@@ -260,7 +271,7 @@ struct edit {
 /* Changes to the members of one JSON object: values replaced in place,
  * new members appended before its closing brace. */
 struct editor {
-	struct edit e[4];
+	struct edit e[4 + REPLY_MEMBERS_MAX];
 	size_t n;
 	size_t close_at;                /* the closing brace */
 	size_t members;                 /* the object's, and those added */
@@ -287,6 +298,13 @@ enum failure {
 
 struct fwd;
 
+/* A member a hook adds to the reply (call_reply_member()). */
+struct reply_member {
+	const char *name;
+	struct lg_str key_lit;          /* "name": */
+	struct lg_str value;
+};
+
 /* The link between an attempt and its transfer. Allocated apart from the
  * request: when the client leaves, the request finishes at once and the
  * cancelled transfer's last callback only frees this. */
@@ -310,6 +328,7 @@ struct fwd {
 	const char *client_model;
 	struct lg_str client_model_tok; /* as a JSON string */
 	struct lg_str rid_tok;
+	size_t body_members;
 	bool stream;
 	bool has_stream_options;
 	size_t opts_at, opts_len;       /* stream_options' value */
@@ -318,6 +337,9 @@ struct fwd {
 	size_t prompt_chars;
 	struct lg_str upbody;           /* what goes upstream, for upbody_model */
 	const char *upbody_model;
+
+	struct reply_member added[REPLY_MEMBERS_MAX]; /* call_reply_member() */
+	size_t nadded;
 
 	struct lg_json_member *members; /* of the last JSON scanned (malloc'ed) */
 	size_t members_cap;
@@ -385,9 +407,108 @@ static void LG_PRINTF(2, 3) set_error(struct fwd *f, const char *fmt, ...)
 	va_end(ap);
 }
 
+/* ---- where answers go: a client's exchange, or a plugin's call ---- */
+
+/* A call made by a plugin (host->model_call()): a request without an
+ * exchange. Its answer is kept and handed to @done from the loop, once,
+ * after the engine is finished with the request. */
+struct icall {
+	struct lg_req req;              /* first: the engine sees only this */
+	struct lg_internal_req info;
+	const struct endpoint *ep;
+	lg_model_done_fn done;
+	void *arg;
+	struct event *ev;               /* starts the call, then delivers it */
+	bool started, answered, engine_done, delivered;
+	int status;
+	char *reply;                    /* malloc'ed */
+	size_t reply_len;
+	const char *error;
+	char id[64];
+};
+
+/* Marks the requests of calls made by plugins. */
+static const struct lg_route_entry internal_route;
+
+static struct icall *icall_of(const struct lg_req *req)
+{
+	return req->match.entry == &internal_route ? (struct icall *)req : NULL;
+}
+
+const struct lg_internal_req *lg_forward_internal(const struct lg_req *req)
+{
+	struct icall *ic = icall_of(req);
+
+	return ic ? &ic->info : NULL;
+}
+
+static const char *req_rid(const struct lg_req *req)
+{
+	struct icall *ic = icall_of(req);
+
+	return ic ? ic->id : lg_exchange_id(req->ex);
+}
+
 static const char *rid(const struct fwd *f)
 {
-	return lg_exchange_id(f->req->ex);
+	return req_rid(f->req);
+}
+
+static void icall_arm(struct icall *ic);
+
+void lg_forward_internal_reply(struct lg_req *req, int status, const char *body, size_t len)
+{
+	struct icall *ic = icall_of(req);
+
+	if (!ic || ic->answered)
+		return;
+	ic->answered = true;
+	ic->status = status;
+	ic->reply = malloc(len + 1);
+	if (ic->reply) {
+		memcpy(ic->reply, body, len);
+		ic->reply[len] = '\0';
+		ic->reply_len = len;
+	} else {
+		ic->status = 0;
+		ic->error = "out of memory for the reply";
+	}
+	icall_arm(ic);
+}
+
+void lg_forward_internal_error(struct lg_req *req, int status, const char *msg)
+{
+	char *body = lg_error_body(status, msg);
+
+	if (!body) {
+		lg_forward_internal_reply(req, status, "{}", 2);
+		return;
+	}
+	lg_forward_internal_reply(req, status, body, strlen(body));
+	free(body);
+}
+
+static void out_reply(struct lg_req *req, int status, const char *ctype, const char *body,
+		      size_t len)
+{
+	if (icall_of(req))
+		lg_forward_internal_reply(req, status, body, len);
+	else
+		lg_exchange_reply(req->ex, status, ctype, body, len);
+}
+
+static void out_error(struct lg_req *req, int status, const char *msg)
+{
+	if (icall_of(req))
+		lg_forward_internal_error(req, status, msg);
+	else
+		lg_exchange_reply_error(req->ex, status, msg);
+}
+
+/* Headers only mean something to a client. */
+static int out_header(struct lg_req *req, const char *name, const char *value)
+{
+	return icall_of(req) ? 0 : lg_exchange_add_header(req->ex, name, value);
 }
 
 /* Records why this attempt failed; the first reason wins. */
@@ -431,7 +552,7 @@ static void answer_error(struct lg_req *req, int status, const char *fmt, ...)
 	if (req->answered)
 		return;
 	req->answered = true;
-	lg_exchange_reply_error(req->ex, status, msg);
+	out_error(req, status, msg);
 }
 
 /* ---- reading the client's JSON body ---- */
@@ -539,11 +660,38 @@ static size_t text_chars(const char *p, size_t len)
 	return n;
 }
 
+/* Notes where f->body's members are, for upstream_body(): "model" (or
+ * none: SIZE_MAX), "stream_options", the closing brace; and counts the
+ * prompt's characters. */
+static void note_members(struct fwd *f, const struct lg_json_member *m, size_t n)
+{
+	const struct lg_json_member *model = lg_json_find(m, n, "model");
+	const struct lg_json_member *opts = lg_json_find(m, n, "stream_options");
+
+	f->body_members = n;
+	f->model_at = model ? (size_t)(model->value - f->body.ptr) : SIZE_MAX;
+	f->model_len = model ? model->value_len : 0;
+	f->has_stream_options = opts != NULL;
+	f->opts_at = opts ? (size_t)(opts->value - f->body.ptr) : 0;
+	f->opts_len = opts ? opts->value_len : 0;
+	f->body_close = f->body.len;
+	while (f->body_close > 0 && f->body.ptr[f->body_close - 1] != '}')
+		f->body_close--;
+	f->body_close--;
+	f->prompt_chars = 0;
+	for (size_t i = 0; i < LG_COUNT(f->ep->prompt) && f->ep->prompt[i]; i++) {
+		const struct lg_json_member *p = lg_json_find(m, n, f->ep->prompt[i]);
+
+		if (p)
+			f->prompt_chars += text_chars(p->value, p->value_len);
+	}
+}
+
 static int read_json_body(struct fwd *f)
 {
 	struct lg_req *req = f->req;
 	struct lg_json_member *m;
-	const struct lg_json_member *model, *stream, *opts, *max;
+	const struct lg_json_member *model, *stream, *max;
 	enum lg_json_type type;
 	char err[192];
 	size_t n;
@@ -577,183 +725,71 @@ static int read_json_body(struct fwd *f)
 	}
 	lg_json_unescape(model->value, model->value_len, name);
 	f->client_model = name;
-	f->model_at = (size_t)(model->value - f->body.ptr);
-	f->model_len = model->value_len;
 	stream = lg_json_find(m, n, "stream");
 	f->stream = f->ep->streams && lg_json_is_true(stream);
-	opts = lg_json_find(m, n, "stream_options");
-	if (opts) {
-		f->has_stream_options = true;
-		f->opts_at = (size_t)(opts->value - f->body.ptr);
-		f->opts_len = opts->value_len;
+	if (f->stream && icall_of(req)) {
+		answer_error(req, 400, "body.stream: calls made by plugins are not streamed.");
+		return -1;
 	}
-	f->body_close = f->body.len;
-	while (f->body_close > 0 && f->body.ptr[f->body_close - 1] != '}')
-		f->body_close--;
-	f->body_close--;
+	note_members(f, m, n);
 	max = lg_json_find(m, n, "max_completion_tokens");
 	if (!max || max->type != LG_JSON_NUMBER)
 		max = lg_json_find(m, n, "max_tokens");
 	/* A negative value is as good as none (hooks reserve budget from it). */
 	f->call.max_tokens = max && max->type == LG_JSON_NUMBER &&
 			     lg_json_int(max->value, max->value_len, &v) && v >= 0 ? v : -1;
-	for (size_t i = 0; i < LG_COUNT(f->ep->prompt) && f->ep->prompt[i]; i++) {
-		const struct lg_json_member *p = lg_json_find(m, n, f->ep->prompt[i]);
-
-		if (p)
-			f->prompt_chars += text_chars(p->value, p->value_len);
-	}
 	return 0;
 }
 
 /* ---- reading a multipart/form-data body (transcriptions) ---- */
 
-/* The boundary parameter of a multipart/form-data content type, or NULL. */
-static char *multipart_boundary(struct lg_req *req, const char *ctype)
-{
-	const char *p, *end;
-	char *b;
-
-	if (!ctype || strncasecmp(ctype, "multipart/form-data", 19) != 0)
-		return NULL;
-	for (p = ctype + 19; (p = strchr(p, ';')); ) {
-		p++;
-		while (*p == ' ' || *p == '\t')
-			p++;
-		if (strncasecmp(p, "boundary=", 9) != 0)
-			continue;
-		p += 9;
-		if (*p == '"') {
-			end = strchr(++p, '"');
-			if (!end)
-				return NULL;
-		} else {
-			end = p + strcspn(p, "; \t");
-		}
-		/* RFC 2046: 1 to 70 characters. */
-		if (end == p || end - p > 70)
-			return NULL;
-		b = lg_req_alloc(req, (size_t)(end - p) + 3);
-		if (!b)
-			return NULL;
-		b[0] = b[1] = '-';
-		memcpy(b + 2, p, (size_t)(end - p));
-		return b;
-	}
-	return NULL;
-}
-
-/* The name="..." of a part's Content-Disposition header in @head. */
-static bool part_name(const char *head, size_t len, char *name, size_t cap)
-{
-	const char *p = head, *end = head + len;
-
-	while (p < end) {
-		const char *eol = memchr(p, '\n', (size_t)(end - p));
-		const char *line_end = eol ? eol : end;
-
-		if ((size_t)(line_end - p) > 20 && strncasecmp(p, "content-disposition:", 20) == 0) {
-			for (const char *q = p + 20; q + 6 <= line_end; q++) {
-				const char *v, *ve;
-
-				if (strncasecmp(q, "name=", 5) != 0 ||
-				    (q[-1] != ';' && q[-1] != ' ' && q[-1] != '\t'))
-					continue;
-				v = q + 5;
-				if (*v == '"') {
-					v++;
-					ve = memchr(v, '"', (size_t)(line_end - v));
-				} else {
-					for (ve = v; ve < line_end && *ve != ';' && *ve != '\r' &&
-						     *ve != ' '; ve++)
-						;
-				}
-				if (!ve || (size_t)(ve - v) >= cap)
-					return false;
-				memcpy(name, v, (size_t)(ve - v));
-				name[ve - v] = '\0';
-				return true;
-			}
-		}
-		p = line_end + 1;
-	}
-	return false;
-}
-
+/* The form's model (its value is replaced in place for the upstream) and
+ * its file are required; fields that would redirect the gateway are
+ * refused as in JSON bodies. */
 static int read_multipart_body(struct fwd *f)
 {
 	struct lg_req *req = f->req;
-	const char *body = f->body.ptr, *end = body + f->body.len, *p;
-	const char *delim = multipart_boundary(req, lg_exchange_header(req->ex, "Content-Type"));
-	size_t dlen = delim ? strlen(delim) : 0;
+	struct lg_form_part *parts;
 	bool has_file = false, has_model = false;
-	char name[64];
-	int parts = 0;
+	char err[160];
+	size_t n;
 
-	if (!delim) {
-		answer_error(req, 400, "The body must be multipart/form-data with a boundary of 1 "
-			     "to 70 characters.");
+	f->content_type = lg_exchange_header(req->ex, "Content-Type");
+	if (lg_multipart_parse(req, f->content_type, f->body, &parts, &n, err, sizeof err) < 0) {
+		answer_error(req, 400, "%s", err);
 		return -1;
 	}
-	f->content_type = lg_exchange_header(req->ex, "Content-Type");
-	p = body;
-	if ((size_t)(end - p) < dlen || memcmp(p, delim, dlen) != 0) {
-		p = memmem(body, f->body.len, delim, dlen);
-		if (!p || p < body + 2 || memcmp(p - 2, "\r\n", 2) != 0)
-			goto bad;
-	}
-	for (;;) {
-		const char *head, *head_end, *value, *value_end;
+	for (size_t i = 0; i < n; i++) {
+		const struct lg_str *v = &parts[i].data;
 
-		p += dlen;
-		if (end - p >= 2 && memcmp(p, "--", 2) == 0)
-			break;
-		if (end - p < 2 || memcmp(p, "\r\n", 2) != 0 || ++parts > MULTIPART_MAX_PARTS)
-			goto bad;
-		head = p + 2;
-		head_end = memmem(head, (size_t)(end - head) < MULTIPART_MAX_HEAD ?
-				  (size_t)(end - head) : MULTIPART_MAX_HEAD, "\r\n\r\n", 4);
-		if (!head_end)
-			goto bad;
-		value = head_end + 4;
-		for (value_end = value; ; value_end++) {
-			value_end = memmem(value_end, (size_t)(end - value_end), delim, dlen);
-			if (!value_end)
-				goto bad;
-			if (value_end - value >= 2 && memcmp(value_end - 2, "\r\n", 2) == 0)
-				break;
-		}
-		p = value_end;
-		value_end -= 2;
-		if (!part_name(head, (size_t)(head_end - head), name, sizeof name))
-			continue;
-		if (refused_field(name)) {
-			answer_error(req, 400, "Field %s is not allowed: upstream addresses and "
-				     "credentials come from the configuration.", name);
+		if (refused_field(parts[i].name)) {
+			answer_error(req, 400, "Field %.64s is not allowed: upstream addresses and "
+				     "credentials come from the configuration.", parts[i].name);
 			return -1;
 		}
-		if (strcmp(name, "file") == 0) {
+		if (strcmp(parts[i].name, "file") == 0) {
 			has_file = true;
-		} else if (strcmp(name, "model") == 0) {
-			size_t len = (size_t)(value_end - value);
-			char *s;
+		} else if (strcmp(parts[i].name, "model") == 0) {
+			char *name;
 
 			if (has_model) {
 				answer_error(req, 400, "Duplicate field model in the form.");
 				return -1;
 			}
-			if (len == 0 || len > MODEL_NAME_MAX || memchr(value, '\0', len) ||
-			    memchr(value, '\r', len) || memchr(value, '\n', len)) {
+			if (v->len == 0 || v->len > MODEL_NAME_MAX || memchr(v->ptr, '\0', v->len) ||
+			    memchr(v->ptr, '\r', v->len) || memchr(v->ptr, '\n', v->len)) {
 				answer_error(req, 422, "body.model: Input should be a valid string.");
 				return -1;
 			}
-			s = lg_req_alloc(req, len + 1);
-			if (!s)
-				goto bad;
-			memcpy(s, value, len);
-			f->client_model = s;
-			f->model_at = (size_t)(value - body);
-			f->model_len = len;
+			name = lg_req_alloc(req, v->len + 1);
+			if (!name) {
+				answer_error(req, 503, "Out of memory, please try again later.");
+				return -1;
+			}
+			memcpy(name, v->ptr, v->len);
+			f->client_model = name;
+			f->model_at = (size_t)(v->ptr - f->body.ptr);
+			f->model_len = v->len;
 			has_model = true;
 		}
 	}
@@ -766,9 +802,6 @@ static int read_multipart_body(struct fwd *f)
 		return -1;
 	}
 	return 0;
-bad:
-	answer_error(req, 400, "The multipart/form-data body is malformed.");
-	return -1;
 }
 
 /* ---- replies ---- */
@@ -801,7 +834,7 @@ static void add_server_timing(struct fwd *f)
 	snprintf(v, sizeof v, "auth;dur=" TENTHS_FMT ", limits;dur=" TENTHS_FMT ", route;dur="
 		 TENTHS_FMT ", upstream;dur=" TENTHS_FMT ", total;dur=" TENTHS_FMT,
 		 TENTHS(auth), TENTHS(limits), TENTHS(route), TENTHS(upstream), TENTHS(total));
-	if (lg_exchange_add_header(f->req->ex, "Server-Timing", v) < 0)
+	if (out_header(f->req, "Server-Timing", v) < 0)
 		lg_log(LG_LOG_WARN, COMPONENT, rid(f), "cannot add Server-Timing");
 }
 
@@ -919,6 +952,15 @@ static int editor_apply(const struct editor *ed, struct buf *out, const char *te
 	out->len += size;
 	out->p[out->len] = '\0';
 	return 0;
+}
+
+/* The members hooks added (call_reply_member()), set in @text's object. */
+static void add_reply_members(const struct fwd *f, struct editor *ed, const char *text,
+			      const struct lg_json_member *m, size_t n)
+{
+	for (size_t i = 0; i < f->nadded; i++)
+		editor_set(ed, text, m, n, f->added[i].name, f->added[i].key_lit,
+			   f->added[i].value);
 }
 
 /* ---- usage and content ---- */
@@ -1207,6 +1249,7 @@ static int relay_event(struct fwd *f, const char *data, size_t len, bool error_e
 	char err[192], msg[DETAIL_MAX + 1];
 	struct editor ed;
 	size_t n, chars;
+	bool first;
 
 	if (!error_event && len == 6 && memcmp(data, "[DONE]", 6) == 0) {
 		f->done_seen = true;
@@ -1237,11 +1280,14 @@ static int relay_event(struct fwd *f, const char *data, size_t len, bool error_e
 	f->completion_chars += chars;
 	if (chars && !f->first_token_ns)
 		f->first_token_ns = lg_now_ns();
-	if (!f->started && start_client_stream(f) < 0)
+	first = !f->started;
+	if (first && start_client_stream(f) < 0)
 		return -1;
 	editor_init(&ed, data, len, n);
 	editor_set(&ed, data, m, n, "model", LIT("\"model\":"), f->client_model_tok);
 	editor_set(&ed, data, m, n, "id", LIT("\"id\":"), f->rid_tok);
+	if (first)
+		add_reply_members(f, &ed, data, m, n);
 	if (buf_str(&f->out, "data: ") < 0 || editor_apply(&ed, &f->out, data, len) < 0 ||
 	    buf_str(&f->out, "\n\n") < 0)
 		return stream_problem(f, FAIL_REPLY, 502, "Out of memory relaying the stream.");
@@ -1566,6 +1612,7 @@ static void reply_ok(struct fwd *f, struct lg_str body)
 			editor_set(&f->red, f->in.p, m, n, "id", LIT("\"id\":"),
 				   (struct lg_str){ id, strlen(id) });
 	}
+	add_reply_members(f, &f->red, f->in.p, m, n);
 	/* The usage object is filled in by answer(). */
 	f->usage_edit = editor_set(&f->red, f->in.p, m, n, "usage", LIT("\"usage\":"),
 				   (struct lg_str){ "", 0 });
@@ -1742,7 +1789,12 @@ static struct lg_str upstream_body(struct fwd *f)
 				 : req_json_token(req, name);
 	if (!model.ptr)
 		return (struct lg_str){ NULL, 0 };
-	ed.e[ed.n++] = (struct edit){ .at = f->model_at, .del = f->model_len, .part = { model } };
+	if (f->model_at != SIZE_MAX)
+		ed.e[ed.n++] = (struct edit){ .at = f->model_at, .del = f->model_len,
+					      .part = { model } };
+	else    /* a body set by call_set_body() without one */
+		ed.e[ed.n++] = (struct edit){ .at = f->body_close, .part = {
+			f->body_members ? LIT(",\"model\":") : LIT("\"model\":"), model } };
 	if (f->stream) {
 		struct lg_json_member im;
 		struct lg_json_iter it;
@@ -2114,8 +2166,8 @@ static void answer_reply(struct fwd *f)
 	add_server_timing(f);
 	req->answered = true;
 	if (!f->reply_json) {
-		lg_exchange_reply(req->ex, f->reply_status, f->ctype[0] ? f->ctype : "text/plain",
-				  f->in.p, f->in.len);
+		out_reply(req, f->reply_status, f->ctype[0] ? f->ctype : "text/plain", f->in.p,
+			  f->in.len);
 		return;
 	}
 	if (usage_json(f, &usage) == 0) {
@@ -2125,9 +2177,9 @@ static void answer_reply(struct fwd *f)
 		e->part[e->del ? 0 : 2] = (struct lg_str){ usage.p, usage.len };
 	}
 	if (!usage.p || editor_apply(&f->red, &out, f->in.p, f->in.len) < 0)
-		lg_exchange_reply_error(req->ex, 503, "Out of memory, please try again later.");
+		out_error(req, 503, "Out of memory, please try again later.");
 	else
-		lg_exchange_reply(req->ex, f->reply_status, "application/json", out.p, out.len);
+		out_reply(req, f->reply_status, "application/json", out.p, out.len);
 	buf_free(&usage);
 	buf_free(&out);
 }
@@ -2141,11 +2193,11 @@ static void answer_failure(struct fwd *f)
 	req->answered = true;
 	if (f->reply_status == 503 && (f->fail == FAIL_TRANSPORT || f->fail == FAIL_BUSY ||
 				       f->fail == FAIL_NONE)) {
-		if (lg_exchange_add_header(req->ex, "Retry-After", "10") < 0)
+		if (out_header(req, "Retry-After", "10") < 0)
 			lg_log(LG_LOG_WARN, COMPONENT, rid(f), "cannot add Retry-After");
 		msg = BUSY_MESSAGE;
 	}
-	lg_exchange_reply_error(req->ex, f->reply_status, msg ? msg : BUSY_MESSAGE);
+	out_error(req, f->reply_status, msg ? msg : BUSY_MESSAGE);
 }
 
 /* Sends what is left of the answer; the request may end right after. */
@@ -2167,7 +2219,7 @@ static void answer(struct fwd *f)
 	if (f->client_gone) {
 		/* Discarded, but it ends the request. */
 		req->answered = true;
-		lg_exchange_reply_error(req->ex, 499, "The client closed the request.");
+		out_error(req, 499, "The client closed the request.");
 		return;
 	}
 	if (f->reply_ok)
@@ -2186,6 +2238,8 @@ static void release_all(struct fwd *f)
 	f->members_cap = 0;
 }
 
+static void icall_engine_done(struct icall *ic);
+
 static void after_complete(struct lg_req *req, enum lg_hook_result result)
 {
 	struct fwd *f = fwd_of(req);
@@ -2199,6 +2253,8 @@ static void after_complete(struct lg_req *req, enum lg_hook_result result)
 	lg_models_view_put(f->view);
 	f->view = NULL;
 	f->state = FWD_DONE;
+	if (icall_of(req))
+		icall_engine_done(icall_of(req));
 }
 
 /* Exactly once per call: COMPLETE hooks, then the answer. */
@@ -2366,12 +2422,13 @@ static void resolve_model(struct fwd *f)
 	}
 	/* A client that left while an AUTH hook was pending was notified before
 	 * this watch existed. */
-	if (lg_exchange_client_gone(req->ex))
+	if (!icall_of(req) && lg_exchange_client_gone(req->ex))
 		f->client_gone = true;
 	start_call(f);
 }
 
-static void handle(struct lg_req *req, void *ud)
+/* A client's call, or a plugin's (@body is then its own). */
+static void forward(struct lg_req *req, const struct endpoint *ep, struct lg_str body)
 {
 	struct fwd *f = lg_req_alloc(req, sizeof *f);
 	int rc;
@@ -2382,9 +2439,9 @@ static void handle(struct lg_req *req, void *ud)
 	}
 	f->req = req;
 	f->rt = req->rt;
-	f->ep = ud;
+	f->ep = ep;
 	f->handler_ns = lg_now_ns();
-	f->body = lg_exchange_body(req->ex);
+	f->body = body;
 	f->call.max_tokens = -1;
 	rc = f->ep->multipart ? read_multipart_body(f) : read_json_body(f);
 	if (rc == 0)
@@ -2394,6 +2451,258 @@ static void handle(struct lg_req *req, void *ud)
 		free(f->members);
 		f->members = NULL;
 	}
+}
+
+static void handle(struct lg_req *req, void *ud)
+{
+	forward(req, ud, lg_exchange_body(req->ex));
+}
+
+/* ---- what PRE_UPSTREAM and AUTHORIZE hooks change ---- */
+
+/* The forwarding state of @req while its hooks of @phase (or of either
+ * when 0) run, else NULL. */
+static struct fwd *in_hooks(struct lg_req *req, enum lg_phase phase)
+{
+	struct fwd *f;
+
+	if (!req || !req->call)
+		return NULL;
+	f = fwd_of(req);
+	if (f->state != FWD_HOOKS || (phase && req->phase != phase))
+		return NULL;
+	if (req->phase != LG_PHASE_AUTHORIZE && req->phase != LG_PHASE_PRE_UPSTREAM)
+		return NULL;
+	return f;
+}
+
+int lg_forward_set_body(struct lg_req *req, struct lg_str body)
+{
+	struct fwd *f = in_hooks(req, LG_PHASE_PRE_UPSTREAM);
+	struct lg_json_member *m;
+	enum lg_json_type type;
+	char err[192], *copy;
+	size_t n;
+
+	if (!f || f->ep->multipart || !body.ptr)
+		return -EINVAL;
+	copy = lg_req_alloc(req, body.len + 1);
+	if (!copy)
+		return -ENOMEM;
+	memcpy(copy, body.ptr, body.len);
+	if (scan_object(f, copy, body.len, f->rt->cfg->max_body_bytes, &m, &n, &type, err,
+			sizeof err) < 0 || type != LG_JSON_OBJECT) {
+		lg_log(LG_LOG_WARN, COMPONENT, rid(f), "call_set_body: not a JSON object: %s",
+		       type == LG_JSON_OBJECT ? err : "another type");
+		return -EINVAL;
+	}
+	/* The reply is relayed as the client asked: the body may not change it. */
+	if (f->ep->streams && lg_json_is_true(lg_json_find(m, n, "stream")) != f->stream) {
+		lg_log(LG_LOG_WARN, COMPONENT, rid(f), "call_set_body: \"stream\" differs from "
+		       "the client's: refused");
+		return -EINVAL;
+	}
+	f->body = (struct lg_str){ copy, body.len };
+	f->upbody = (struct lg_str){ NULL, 0 };
+	note_members(f, m, n);
+	return 0;
+}
+
+/* A member name that is JSON as it is: no quote, backslash or control. */
+static bool plain_name(const char *name)
+{
+	size_t len = name ? strlen(name) : 0;
+
+	if (len == 0 || len > REPLY_MEMBER_NAME_MAX)
+		return false;
+	for (const char *p = name; *p; p++)
+		if ((unsigned char)*p < 0x20 || *p == '"' || *p == '\\' || *p == 0x7f)
+			return false;
+	/* The gateway owns these. */
+	return strcmp(name, "id") != 0 && strcmp(name, "model") != 0 &&
+	       strcmp(name, "usage") != 0;
+}
+
+int lg_forward_reply_member(struct lg_req *req, const char *name, struct lg_str json)
+{
+	struct fwd *f = in_hooks(req, 0);
+	const struct lg_core_config *cfg = req ? req->rt->cfg : NULL;
+	struct lg_json_limits lim;
+	enum lg_json_type type;
+	struct reply_member *rm = NULL;
+	char err[160], *value, *key;
+	size_t n;
+
+	if (!f || !plain_name(name) || !json.ptr)
+		return -EINVAL;
+	lim = (struct lg_json_limits){ .max_depth = cfg->json_max_depth,
+				       .max_items = cfg->json_max_items,
+				       .max_string = cfg->max_body_bytes };
+	if (lg_json_scan(json.ptr, json.len, &lim, NULL, 0, &n, &type, err, sizeof err) < 0) {
+		lg_log(LG_LOG_WARN, COMPONENT, rid(f), "call_reply_member %s: %s", name, err);
+		return -EINVAL;
+	}
+	for (size_t i = 0; i < f->nadded && !rm; i++)
+		if (strcmp(f->added[i].name, name) == 0)
+			rm = &f->added[i];
+	if (!rm && f->nadded == REPLY_MEMBERS_MAX)
+		return -ENOSPC;
+	value = lg_req_alloc(req, json.len + 1);
+	key = lg_req_printf(req, "\"%s\":", name);
+	if (!value || !key)
+		return -ENOMEM;
+	memcpy(value, json.ptr, json.len);
+	if (!rm) {
+		rm = &f->added[f->nadded++];
+		rm->name = lg_req_strdup(req, name);
+		if (!rm->name) {
+			f->nadded--;
+			return -ENOMEM;
+		}
+	}
+	rm->key_lit = (struct lg_str){ key, strlen(key) };
+	rm->value = (struct lg_str){ value, json.len };
+	return 0;
+}
+
+/* ---- calls made by plugins ---- */
+
+static void icall_free(struct icall *ic)
+{
+	if (ic->ev)
+		event_free(ic->ev);
+	free(ic->reply);
+	lg_req_arena_free(&ic->req);
+	free(ic);
+}
+
+static void icall_deliver(struct icall *ic)
+{
+	lg_host_set_current_request(ic->id);
+	lg_log(LG_LOG_INFO, "access", ic->id, "plugin \"POST %s\" %d %zu %.2fms",
+	       ic->info.endpoint, ic->status, ic->reply_len,
+	       ms_between(ic->req.start_ns, lg_now_ns()));
+	ic->delivered = true;
+	ic->done(ic->arg, ic->status, (struct lg_str){ ic->reply ? ic->reply : "",
+						       ic->reply_len }, ic->error);
+	lg_host_set_current_request(NULL);
+	/* A COMPLETE hook may still be pending: the request ends after it. */
+	if (ic->engine_done)
+		icall_free(ic);
+}
+
+/* The engine will not touch the request again. */
+static void icall_engine_done(struct icall *ic)
+{
+	ic->engine_done = true;
+	if (!ic->answered) {
+		/* A hook said DONE without answering. */
+		lg_log(LG_LOG_ERROR, COMPONENT, ic->id, "a hook ended the call without an answer");
+		lg_forward_internal_error(&ic->req, 500, "An unexpected error occurred");
+	}
+	if (ic->delivered)
+		icall_free(ic);
+}
+
+static void icall_step(evutil_socket_t fd, short what, void *arg)
+{
+	struct icall *ic = arg;
+
+	(void)fd;
+	(void)what;
+	if (ic->started) {
+		icall_deliver(ic);
+		return;
+	}
+	ic->started = true;
+	lg_host_set_current_request(ic->id);
+	forward(&ic->req, ic->ep, ic->info.body);
+	if (!ic->req.call)
+		icall_engine_done(ic);  /* refused before the call */
+	lg_host_set_current_request(NULL);
+}
+
+/* Runs icall_step() from the loop: never from inside model_call(), and
+ * the answer never from inside the engine. */
+static void icall_arm(struct icall *ic)
+{
+	static const struct timeval now = { 0, 0 };
+
+	if (evtimer_add(ic->ev, &now) != 0)
+		lg_log(LG_LOG_ERROR, COMPONENT, ic->id, "cannot schedule the call's next step");
+}
+
+static const struct endpoint *endpoint_of(const char *path)
+{
+	for (size_t i = 0; path && i < LG_COUNT(endpoints); i++)
+		if (strcmp(endpoints[i].path, path) == 0)
+			return &endpoints[i];
+	return NULL;
+}
+
+static int icall_principal(struct icall *ic, const struct lg_principal *who)
+{
+	struct lg_req *req = &ic->req;
+
+	if (!who)
+		return 0;
+	if (who->size < sizeof *who)
+		return -EINVAL;
+	req->principal = *who;
+	req->principal.user_name = who->user_name ? lg_req_strdup(req, who->user_name) : NULL;
+	req->principal.key_name = who->key_name ? lg_req_strdup(req, who->key_name) : NULL;
+	req->has_principal = true;
+	if ((who->user_name && !req->principal.user_name) ||
+	    (who->key_name && !req->principal.key_name))
+		return -ENOMEM;
+	return 0;
+}
+
+int lg_forward_model_call(struct lg_plugin *self, const struct lg_model_request *rq,
+			  lg_model_done_fn done, void *arg)
+{
+	struct lg_loop *loop = lg_loop_current();
+	const struct endpoint *ep = rq && rq->size >= sizeof *rq ? endpoint_of(rq->endpoint) : NULL;
+	unsigned char rnd[8];
+	char hex[17], *body;
+	static const struct timeval now = { 0, 0 };
+	struct icall *ic;
+	int rc = -ENOMEM;
+
+	if (!loop || !ep || ep->multipart || !done || !rq->body.ptr)
+		return -EINVAL;
+	if (atomic_load(&self->rt->closing))
+		return -ESHUTDOWN;
+	ic = calloc(1, sizeof *ic);
+	if (!ic)
+		return -ENOMEM;
+	randombytes_buf(rnd, sizeof rnd);
+	sodium_bin2hex(hex, sizeof hex, rnd, sizeof rnd);
+	snprintf(ic->id, sizeof ic->id, "%.40s-%s", self->name, hex);
+	ic->req.rt = self->rt;
+	ic->req.start_ns = lg_now_ns();
+	ic->req.match.entry = &internal_route;
+	ic->ep = ep;
+	ic->done = done;
+	ic->arg = arg;
+	body = lg_req_alloc(&ic->req, rq->body.len + 1);
+	ic->ev = evtimer_new(lg_loop_base(loop), icall_step, ic);
+	if (!body || !ic->ev)
+		goto fail;
+	memcpy(body, rq->body.ptr, rq->body.len);
+	ic->info = (struct lg_internal_req){ .id = ic->id, .endpoint = ep->path,
+					     .body = { body, rq->body.len } };
+	rc = icall_principal(ic, rq->who);
+	if (rc < 0)
+		goto fail;
+	if (evtimer_add(ic->ev, &now) != 0) {
+		rc = -EIO;
+		goto fail;
+	}
+	return 0;
+fail:
+	icall_free(ic);
+	return rc;
 }
 
 int lg_forward_register_routes(struct lg_runtime *rt, char *err, size_t errlen)

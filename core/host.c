@@ -11,9 +11,11 @@
 #include <jansson.h>
 
 #include "fetch.h"
+#include "forward.h"
 #include "httpd.h"
 #include "json.h"
 #include "log.h"
+#include "multipart.h"
 #include "pg.h"
 #include "runtime.h"
 #include "server.h"
@@ -359,13 +361,21 @@ static int h_db_query_sync(struct lg_plugin *self, const char *sql, int nparams,
 
 /* A request whose connection was closed by force at shutdown while one of
  * its hooks was pending has no exchange any more (on_done() in server.c):
- * it reads as empty and its answers go nowhere. */
+ * it reads as empty and its answers go nowhere. A call made by a plugin
+ * (model_call()) has none either: it reads as a POST of its body to its
+ * endpoint, without headers, and its answer goes to the plugin. */
 static const char *h_req_method(struct lg_req *req)
 {
+	if (lg_forward_internal(req))
+		return "POST";
 	return req->ex ? lg_exchange_method(req->ex) : "";
 }
 static const char *h_req_path(struct lg_req *req)
 {
+	const struct lg_internal_req *in = lg_forward_internal(req);
+
+	if (in)
+		return in->endpoint;
 	return req->ex ? lg_exchange_path(req->ex) : "";
 }
 static const char *h_req_header(struct lg_req *req, const char *name)
@@ -374,10 +384,18 @@ static const char *h_req_header(struct lg_req *req, const char *name)
 }
 static struct lg_str h_req_body(struct lg_req *req)
 {
+	const struct lg_internal_req *in = lg_forward_internal(req);
+
+	if (in)
+		return in->body;
 	return req->ex ? lg_exchange_body(req->ex) : (struct lg_str){ "", 0 };
 }
 static const char *h_req_id(struct lg_req *req)
 {
+	const struct lg_internal_req *in = lg_forward_internal(req);
+
+	if (in)
+		return in->id;
 	return req->ex ? lg_exchange_id(req->ex) : "-";
 }
 
@@ -518,15 +536,32 @@ static const struct lg_call *h_req_call(struct lg_req *req)
 	return req->call;
 }
 
+static int h_req_form(struct lg_req *req, const struct lg_form_part **parts, size_t *n)
+{
+	struct lg_form_part *out;
+	char err[160];
+
+	if (!parts || !n)
+		return -EINVAL;
+	if (lg_multipart_parse(req, h_req_header(req, "Content-Type"), h_req_body(req), &out, n,
+			       err, sizeof err) < 0) {
+		h_reply_error(req, 400, "%s", err);
+		*parts = NULL;
+		return -EINVAL;
+	}
+	*parts = out;
+	return 0;
+}
+
 /* ---- the request: answering ---- */
 
 /* A request is answered once; a second answer is a plugin bug. */
 static bool claim_answer(struct lg_req *req, const char *what)
 {
-	if (!req->ex)
+	if (!req->ex && !lg_forward_internal(req))
 		return false;
 	if (req->answered) {
-		lg_log(LG_LOG_ERROR, "core", lg_exchange_id(req->ex),
+		lg_log(LG_LOG_ERROR, "core", h_req_id(req),
 		       "%s on a request already answered: ignored", what);
 		return false;
 	}
@@ -536,13 +571,19 @@ static bool claim_answer(struct lg_req *req, const char *what)
 
 static int h_reply_header(struct lg_req *req, const char *name, const char *value)
 {
+	if (lg_forward_internal(req))
+		return 0;       /* a plugin's call has no headers to send */
 	return req->ex ? lg_exchange_add_header(req->ex, name, value) : -ENOTCONN;
 }
 
 static void h_reply(struct lg_req *req, int status, const char *content_type, const char *body,
 		    size_t len)
 {
-	if (claim_answer(req, "reply"))
+	if (!claim_answer(req, "reply"))
+		return;
+	if (lg_forward_internal(req))
+		lg_forward_internal_reply(req, status, body, len);
+	else
 		lg_exchange_reply(req->ex, status, content_type, body, len);
 }
 
@@ -554,12 +595,18 @@ static void h_reply_error(struct lg_req *req, int status, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	if (claim_answer(req, "reply_error"))
+	if (!claim_answer(req, "reply_error"))
+		return;
+	if (lg_forward_internal(req))
+		lg_forward_internal_error(req, status, msg);
+	else
 		lg_exchange_reply_error(req->ex, status, msg);
 }
 
 static int h_stream_start(struct lg_req *req, int status, const char *content_type)
 {
+	if (lg_forward_internal(req))
+		return -ENOTSUP;        /* plugins' calls are not streamed */
 	if (!claim_answer(req, "stream_start"))
 		return -EALREADY;
 	req->streaming = true;
@@ -657,14 +704,14 @@ void lg_req_run_phase(struct lg_req *req, enum lg_phase phase, lg_phase_done_fn 
 
 static void h_resume(struct lg_req *req, enum lg_hook_result result)
 {
-	if (!req->ex) {
+	if (!req->ex && !lg_forward_internal(req)) {
 		/* Its connection was closed by force (on_done() in server.c). */
 		lg_req_arena_free(req);
 		free(req);
 		return;
 	}
 	if (!req->hook_pending || result == LG_HOOK_PENDING) {
-		lg_log(LG_LOG_ERROR, "core", lg_exchange_id(req->ex),
+		lg_log(LG_LOG_ERROR, "core", h_req_id(req),
 		       "resume() without a pending hook, or with PENDING: ignored");
 		return;
 	}
@@ -844,4 +891,8 @@ const struct lg_host lg_host_api = {
 	.fetch_pause = lg_fetch_pause,
 	.fetch_header = lg_fetch_header,
 	.server_exposed = h_server_exposed,
+	.model_call = lg_forward_model_call,
+	.req_form = h_req_form,
+	.call_set_body = lg_forward_set_body,
+	.call_reply_member = lg_forward_reply_member,
 };
