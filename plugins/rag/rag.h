@@ -50,6 +50,8 @@ struct rag_page {
 	char *text;             /* UTF-8, NUL-terminated; owned by the rag_doc */
 	size_t len;
 	int number;             /* 1-based */
+	char *title;            /* JSON lists: the entry's title, or NULL */
+	char *metadata;         /* JSON lists: its metadata (JSON text), or NULL */
 };
 
 struct rag_doc {
@@ -67,6 +69,7 @@ enum rag_format rag_format_of(const char *filename, const char *content_type);
 int rag_parse(enum rag_format fmt, const char *data, size_t len, struct rag_doc *out,
 	      char *why, size_t whylen);
 void rag_doc_free(struct rag_doc *d);
+#define RAG_JSON_DOCS_MAX 1000  /* entries of one JSON list upload */
 
 /* ---- chunk.c ---- */
 
@@ -89,6 +92,14 @@ struct rag_chunks {
 int rag_chunk(const struct rag_chunking *c, const char *text, size_t len,
 	      struct rag_chunks *out, char *why, size_t whylen);
 void rag_chunks_free(struct rag_chunks *c);
+/** rag_chunk_preset() - the separators (POSIX EREs, NULL-terminated) of a
+ * preset, or NULL for an unknown name. */
+const char *const *rag_chunk_preset(const char *name);
+/** rag_utf8_valid() - the length of the longest well-formed UTF-8 prefix
+ * of @s (@len when all of it is). */
+size_t rag_utf8_valid(const char *s, size_t len);
+/** rag_utf8_chars() - the code points of UTF-8 text. */
+size_t rag_utf8_chars(const char *s, size_t len);
 
 /* ---- embed.c ---- */
 
@@ -102,6 +113,21 @@ typedef void (*rag_embed_fn)(void *arg, int status, const char *error, const flo
 			     size_t n, size_t dim);
 int rag_embed(struct rag *r, const struct lg_principal *who, const char *const *texts,
 	      size_t n, rag_embed_fn done, void *arg);
+/** rag_embed_usage() - rag_embed() that also reports the prompt tokens the
+ * embeddings model counted (for a search reply's usage). */
+typedef void (*rag_embed_usage_fn)(void *arg, int status, const char *error,
+				   const float *vectors, size_t n, size_t dim,
+				   int64_t prompt_tokens);
+int rag_embed_usage(struct rag *r, const struct lg_principal *who, const char *const *texts,
+		    size_t n, rag_embed_usage_fn done, void *arg);
+/** rag_embed_available() - host->model_call exists and a model is set;
+ * without it rag_embed() returns -ENOSYS (answer 503). */
+bool rag_embed_available(const struct rag *r);
+/** rag_embed_parse() - an embeddings reply's data[].embedding into *@out
+ * (@n vectors in index order, allocated here when *@dim is 0 on entry;
+ * the caller frees it); tokens are added to *@prompt_tokens. */
+int rag_embed_parse(const char *body, size_t len, size_t n, float **out, size_t *dim,
+		    int64_t *prompt_tokens, char *why, size_t whylen);
 
 /* ---- vectors.c ---- */
 
@@ -109,6 +135,32 @@ int rag_vectors_start(struct rag *r);
 void rag_vectors_stop(struct rag *r);
 /** rag_vectors_forget() - a collection changed (NOTIFY or this instance). */
 void rag_vectors_forget(struct rag *r, int64_t collection_id);
+/** rag_vectors_notify() - an lg_notify_fn for RAG_NOTIFY_CHANNEL (@arg:
+ * the struct rag): forgets the collection named "collection:<id>", or
+ * every collection on an empty payload (the LISTEN connection came back). */
+void rag_vectors_notify(const char *channel, const char *payload, void *arg);
+
+/**
+ * struct rag_snap - one collection's vectors, immutable once published:
+ * @n rows of @dim floats, each of length 1 (cosine = dot product), with
+ * their chunk and document ids. Shared by reference between workers.
+ */
+struct rag_snap {
+	int64_t collection_id;
+	size_t n, dim;
+	const float *vectors;
+	const int64_t *chunk_ids;
+	const int64_t *document_ids;
+};
+/** rag_vectors_get() - a reference to the collection's vectors (release
+ * it). Held in memory: 1 and *@out set, @done not called. Otherwise they
+ * are loaded on the work pool: 0, and @done runs later on this loop with a
+ * reference, or NULL and a message (the database failed, vectors of
+ * several dimensions). Thread: loop. A negative errno: @done will not run. */
+typedef void (*rag_vectors_fn)(void *arg, struct rag_snap *snap, const char *error);
+int rag_vectors_get(struct rag *r, int64_t collection_id, struct rag_snap **out,
+		    rag_vectors_fn done, void *arg);
+void rag_snap_release(struct rag_snap *snap);
 
 /* ---- search.c ---- */
 
@@ -157,8 +209,52 @@ struct rag {
 	const char *language;           /* text search configuration */
 	uint64_t max_file_size;         /* bytes */
 	int64_t embed_batch;            /* texts per embeddings call */
+	/* chunking defaults (spec §10.2), for uploads that do not say */
+	int64_t chunk_size, chunk_overlap, chunk_min_size;
+	const char *preset_separators;
 	/* vectors.c */
 	struct rag_vectors *vectors;
 };
+
+/** rag_changed() - a collection's chunks changed or it went: the vectors
+ * this instance holds for it are forgotten (others learn it by NOTIFY). */
+void rag_changed(struct rag *r, int64_t collection_id);
+
+/** struct rag_route, rag_routes_add() - register a table of routes, all
+ * with @ud = the struct rag. */
+struct rag_route {
+	const char *method, *path;
+	lg_route_fn fn;
+	size_t max_body;                /* 0: server.max_body */
+};
+int rag_routes_add(struct rag *r, const struct rag_route *routes, size_t n);
+
+/** rag_sql_reply() - run @sql and answer with its first column (JSON text)
+ * with @status, or 404 @not_found when it returns no row. */
+void rag_sql_reply(struct rag *r, struct lg_req *req, int status, const char *not_found,
+		   const char *sql, int n, const char *const *params);
+
+/** rag_sql_empty() - run @sql (an UPDATE or DELETE ... RETURNING) and
+ * answer 204 when it returned a row, else 404 @not_found; with @changed > 0,
+ * rag_changed() is told about that collection on success (with
+ * RAG_CHANGED_FROM_ROW, about the collection the row names). */
+#define RAG_CHANGED_FROM_ROW (-1)     /* the collection id is the row's first column */
+void rag_sql_empty(struct rag *r, struct lg_req *req, const char *not_found, int64_t changed,
+		   const char *sql, int n, const char *const *params);
+
+/** struct rag_list, rag_list_reply() - the list envelope of spec §2 for a
+ * request's offset, limit, sort_by and sort_order. Every fragment is
+ * constant SQL of the caller; @where uses $3, $4... for @filters. */
+struct rag_list {
+	const char *from, *alias, *where, *object;
+	const char *const *sort_by;     /* names, NULL-terminated */
+	const char *const *sort_columns;/* their columns, same order */
+};
+void rag_list_reply(struct rag *r, struct lg_req *req, const struct rag_list *l,
+		    const char *const *filters, int nfilters);
+
+/** rag_user_text() - the caller's user id as text (0: the master key), or
+ * NULL once it has answered (401 without a principal, 500). */
+const char *rag_user_text(struct rag *r, struct lg_req *req);
 
 #endif /* LLMGATE_RAG_H */
