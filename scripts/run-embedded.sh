@@ -36,13 +36,15 @@ if [ ! -d "$pgdata" ]; then
 		--pwfile="$run/pgpass" -E UTF8 >/dev/null
 	cat >> "$pgdata/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
-port = $pgport
 unix_socket_directories = '$pgdata'
 CONF
 fi
 [ "$(id -u)" -eq 0 ] && chmod 755 "$run"
-as_pg "$bindir/pg_ctl" -D "$pgdata" -l "$pglog" -w status >/dev/null 2>&1 ||
-	as_pg "$bindir/pg_ctl" -D "$pgdata" -l "$pglog" -w start >/dev/null
+# The port is given at each start, so a cluster made with another
+# LLMGATE_PG_PORT follows the one asked for now (a running one is restarted).
+as_pg "$bindir/pg_ctl" -D "$pgdata" -w status >/dev/null 2>&1 &&
+	as_pg "$bindir/pg_ctl" -D "$pgdata" -m fast -w stop >/dev/null
+as_pg "$bindir/pg_ctl" -D "$pgdata" -l "$pglog" -o "-p $pgport" -w start >/dev/null
 trap 'as_pg "$bindir/pg_ctl" -D "$pgdata" -m fast -w stop >/dev/null' EXIT
 
 cat > "$run/config.yml" <<CONF
@@ -54,6 +56,8 @@ plugins:
     master_key: \${LLMGATE_MASTER_KEY:-changeme}
   usage:
     journal_dir: $run/journal
+  rag:
+    embeddings_model: mock-embeddings
   mock: {}
 dependencies:
   postgres:
