@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""How many usage rows per second PostgreSQL takes from the ledger.
+
+    bench/usage_rows.py [--build build-bench-release] [--rows 200000] [--batch 500]
+
+Starts a private PostgreSQL cluster, lets llmgate apply the usage plugin's
+migrations (`llmgate migrate`), then sends batches of records in the shape the
+usage plugin writes through the very statement it uses
+(usage_insert_batch), from one connection, as the plugin's flusher does, and
+prints rows per second. The gateway's own cost per record (building it,
+queueing it) is measured by `bench/run.sh --with usage`; this is the
+database side: how fast a backlog (a replayed journal) drains.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
+
+import lgtest                    # noqa: E402
+from pgcluster import PgCluster  # noqa: E402
+
+
+def record(i):
+    """One record as the usage plugin makes it (a chat call with a user)."""
+    return {
+        "record_id": uuid.uuid4().hex, "request_id": "bench-%d" % i,
+        "created": "now", "endpoint": "/v1/chat/completions", "method": "POST",
+        "status": 200, "user_id": 1 + i % 50, "key_id": 1 + i % 100, "organization_id": 1,
+        "user_name": "user%d@example.org" % (i % 50), "key_name": "key", "model_id": 1,
+        "model_name": "mock-chat", "provider_id": 1, "provider_type": "mock",
+        "provider_model": "mock-chat", "prompt_tokens": 12, "completion_tokens": 34,
+        "total_tokens": 46, "usage_estimated": False, "latency_ms": 12.5, "ttft_ms": 3.25,
+        "cost": 0.000123, "kwh": 1.5e-6, "kgco2eq": 8.9e-7, "client_gone": False,
+        "error": None,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--build", default="build-bench-release")
+    ap.add_argument("--rows", type=int, default=200000)
+    ap.add_argument("--batch", type=int, default=500, help="records per statement")
+    args = ap.parse_args()
+    binary = os.path.abspath(os.path.join(args.build, "core", "llmgate"))
+    plugins = os.path.abspath(os.path.join(args.build, "plugins", "all"))
+    if not os.access(binary, os.X_OK):
+        sys.exit("usage_rows: build %s first (bench/run.sh does)" % args.build)
+    os.environ["LLMGATE_BIN"] = binary
+    work = tempfile.mkdtemp(prefix="llmgate-rows-")
+    with PgCluster() as pg:
+        cfg = {"plugins": {"usage": {"journal_dir": work}},
+               "dependencies": {"postgres": {"url": pg.url()}}}
+        r = lgtest.run_llmgate(["migrate"], config=cfg, pg=pg,
+                               env={"LLMGATE_PLUGIN_PATH": plugins})
+        if r.returncode != 0:
+            sys.exit("usage_rows: migrate failed:\n" + r.stderr)
+        script = os.path.join(work, "batches.sql")
+        with open(script, "w") as f:
+            for start in range(0, args.rows, args.batch):
+                batch = [record(i) for i in range(start, min(start + args.batch, args.rows))]
+                text = json.dumps(batch).replace("'", "''")
+                f.write("SELECT usage_insert_batch('%s'::json, '1s');\n" % text)
+        env = dict(os.environ, PGPASSWORD=pg.password)
+        t0 = time.monotonic()
+        subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres",
+                        "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", os.devnull, "-f", script],
+                       env=env, check=True)
+        elapsed = time.monotonic() - t0
+        stored = int(pg.psql("SELECT count(*) FROM usage")[0][0])
+    if stored != args.rows:
+        sys.exit("usage_rows: %d rows stored, %d sent" % (stored, args.rows))
+    print("usage rows: %d in %.2f s, batches of %d: %.0f rows/s" %
+          (args.rows, elapsed, args.batch, args.rows / elapsed))
+
+
+if __name__ == "__main__":
+    main()
