@@ -693,7 +693,9 @@ static bool worker_connection_ready(struct pg_worker *w)
 	if (PQstatus(w->conn) == CONNECTION_OK && PQconsumeInput(w->conn) &&
 	    PQstatus(w->conn) == CONNECTION_OK)
 		return true;
-	if (now_ms() < w->next_reset_ms)
+	/* Backing off, unless another connection of the pool just got
+	 * through: then the server is back and waiting only fails queries. */
+	if (now_ms() < w->next_reset_ms && !atomic_load(&w->pg->healthy))
 		return false;
 	return worker_reset(w);
 }

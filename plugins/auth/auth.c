@@ -199,8 +199,10 @@ static void on_notify(const char *channel, const char *payload, void *arg)
 	} else if (strcmp(payload, "roles") == 0) {
 		auth_roles_reload(a);
 	} else {
-		/* Not ours to understand: forgetting everything is always safe. */
-		auth_cache_forget_all(a->cache);
+		/* Notifications may have been missed (the LISTEN connection was
+		 * back: empty payload), or one we do not know: check every key
+		 * again, serving the ones we had while the database recovers. */
+		auth_cache_expire_all(a->cache);
 		auth_roles_reload(a);
 	}
 }

@@ -109,6 +109,11 @@ void auth_cache_put(struct auth_cache *c, const unsigned char hash[AUTH_HASH_BYT
 void auth_cache_forget_key(struct auth_cache *c, int64_t key_id);
 void auth_cache_forget_user(struct auth_cache *c, int64_t user_id);
 void auth_cache_forget_all(struct auth_cache *c);
+/** auth_cache_expire_all() - every valid key turns stale (checked again in
+ * the database at its next use, still served while the database is down)
+ * and unknown keys are forgotten: after notifications may have been
+ * missed, without refusing callers the database cannot yet confirm. */
+void auth_cache_expire_all(struct auth_cache *c);
 /** auth_cache_generation() - a counter that every forget moves; read it
  * before a database lookup and hand it to auth_cache_put_since(), which
  * then stores nothing if something was forgotten meanwhile (a revocation

@@ -344,6 +344,21 @@ void auth_cache_forget_user(struct auth_cache *c, int64_t user_id)
 	forget_where(c, user_is, user_id);
 }
 
+void auth_cache_expire_all(struct auth_cache *c)
+{
+	atomic_fetch_add(&c->generation, 1);
+	for (int i = 0; i < STRIPES; i++) {
+		struct stripe *s = &c->stripes[i];
+
+		pthread_mutex_lock(&s->lock);
+		while (s->unknown.head)
+			remove_entry(s, s->unknown.head);
+		for (struct entry *e = s->valid.head; e; e = e->next)
+			e->fresh_until_ms = 0;
+		pthread_mutex_unlock(&s->lock);
+	}
+}
+
 void auth_cache_forget_all(struct auth_cache *c)
 {
 	atomic_fetch_add(&c->generation, 1);

@@ -10,6 +10,7 @@ log; SQL metacharacters in the bearer token are only a bad key."""
 import base64
 import hashlib
 import os
+import threading
 import time
 import unittest
 
@@ -196,6 +197,51 @@ class Keys(unittest.TestCase):
                 took = wait_status(g, key, 401, 5)
                 self.assertIsNotNone(took, "the revoked key still works")
                 self.assertEqual(models_status(g, other), 200)
+
+    def test_calls_go_on_while_postgresql_restarts_under_load(self):
+        # An ordinary user (a role with limits on the model, no budget)
+        # calls without a pause while PostgreSQL is killed and started
+        # again: its cached key and the local limits keep every call served.
+        with lgtest.Gateway(config(), pg=self.pg) as g:
+            admin = bearer(MASTER)
+            model_id = g.request("GET", "/v1/admin/routers", headers=admin).json()["data"][0]["id"]
+            role = g.request("POST", "/v1/admin/roles", headers=admin, body={
+                "name": "callers", "permissions": [],
+                "limits": [{"router_id": model_id, "type": "rpm", "value": 100000}]}).json()
+            user = g.request("POST", "/v1/admin/users", headers=admin, body={
+                "email": "caller@example.org", "password": "caller-password",
+                "role_id": role["id"]}).json()
+            key = g.request("POST", "/v1/admin/keys", headers=admin,
+                            body={"name": "load", "user": user["id"]}).json()["value"]
+            statuses, bodies, halt = [], [], threading.Event()
+
+            def call():
+                while not halt.is_set():
+                    r = g.request("POST", "/v1/chat/completions", headers=bearer(key), body={
+                        "model": "m1", "messages": [{"role": "user", "content": "hi"}]})
+                    statuses.append(r.status)
+                    if r.status != 200 and not bodies:
+                        bodies.append(r.body)
+
+            threads = [threading.Thread(target=call) for _ in range(4)]
+            for t in threads:
+                t.start()
+            try:
+                time.sleep(1)
+                before = len(statuses)
+                self.pg.stop("immediate")
+                time.sleep(3)
+                during = len(statuses) - before
+                self.pg.pg_ctl_start()
+                time.sleep(2)
+            finally:
+                halt.set()
+                for t in threads:
+                    t.join()
+            self.assertGreater(during, 10, "too few calls while PostgreSQL was down")
+            self.assertEqual(sorted(set(statuses)), [200],
+                             "%d of %d calls failed, first: %r" % (
+                                 sum(s != 200 for s in statuses), len(statuses), bodies[:1]))
 
     def test_deleted_user_and_expired_key(self):
         with lgtest.Gateway(config(), pg=self.pg) as g:

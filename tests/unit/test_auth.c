@@ -261,6 +261,32 @@ static void cache_forgets_key_user_all(void **state)
 	auth_cache_free(c);
 }
 
+/* After a gap in notifications: valid keys turn stale (still usable while
+ * the database is down), unknown ones are forgotten. */
+static void cache_expire_all_keeps_valid_keys_stale(void **state)
+{
+	struct auth_cache *c = auth_cache_new(1000, 60000, 60000);
+	unsigned char valid[AUTH_HASH_BYTES], unknown[AUTH_HASH_BYTES];
+	struct auth_ident out, id = ident_of(200, 3);
+
+	(void)state;
+	hash_of(200, valid);
+	hash_of(201, unknown);
+	auth_cache_put(c, valid, &id);
+	auth_cache_put(c, unknown, NULL);
+	assert_int_equal(auth_cache_get(c, valid, &out), AUTH_CACHE_HIT);
+	assert_int_equal(auth_cache_get(c, unknown, &out), AUTH_CACHE_UNKNOWN);
+	auth_cache_expire_all(c);
+	memset(&out, 0, sizeof out);
+	assert_int_equal(auth_cache_get(c, valid, &out), AUTH_CACHE_STALE);
+	assert_int_equal(out.key_id, 200);
+	assert_int_equal(auth_cache_get(c, unknown, &out), AUTH_CACHE_MISS);
+	/* A fresh answer from the database makes it valid again. */
+	auth_cache_put(c, valid, &id);
+	assert_int_equal(auth_cache_get(c, valid, &out), AUTH_CACHE_HIT);
+	auth_cache_free(c);
+}
+
 static void cache_capacity_is_bounded(void **state)
 {
 	const unsigned cap = 256, n = 5000;
@@ -370,6 +396,7 @@ int main(void)
 		cmocka_unit_test(cache_hit_then_stale),
 		cmocka_unit_test(cache_unknown_expires),
 		cmocka_unit_test(cache_forgets_key_user_all),
+		cmocka_unit_test(cache_expire_all_keeps_valid_keys_stale),
 		cmocka_unit_test(cache_capacity_is_bounded),
 		cmocka_unit_test(cache_two_threads),
 	};
