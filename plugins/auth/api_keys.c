@@ -219,7 +219,7 @@ static void route_admin_key_create(struct lg_req *req, void *ud)
 
 static void key_list(struct auth *a, struct lg_req *req, const char *owner)
 {
-	static const struct auth_list list = {
+	static const struct api_list list = {
 		.from = "token t", .alias = "t",
 		.where = "($3::bigint IS NULL OR t.user_id = $3::bigint) AND "
 			 "($4::text IS NULL OR " KEY_STATUS_SQL " = $4::text)",

@@ -31,41 +31,20 @@ void auth_api_sql(struct auth *a, struct lg_req *req, const struct auth_reply *h
 	api_query(a->host, a->self, req, sql, n, params, api_json_reply_cb, r);
 }
 
-void auth_api_list(struct auth *a, struct lg_req *req, const struct auth_list *l,
+void auth_api_list(struct auth *a, struct lg_req *req, const struct api_list *l,
 		   const char *const *filters, int nfilters)
 {
 	static const struct auth_reply ok = { .status = 200 };
 	const char *params[2 + LIST_FILTERS_MAX];
-	struct api_page page;
-	const char *col, *dir;
 	char *sql;
 
 	if (nfilters > LIST_FILTERS_MAX) {
 		a->host->reply_error(req, 500, API_INTERNAL_ERROR);
 		return;
 	}
-	if (!api_page(a->host, req, l->sort_by, &page))
-		return;
-	col = l->sort_columns[page.sort];
-	dir = page.order_sql;
-	/* The column and direction come from the caller's tables; the id
-	 * breaks ties so that pages never overlap. */
-	sql = api_printf(a->host, req,
-			 "SELECT json_build_object('object', 'list', 'total', "
-			 "(SELECT count(*) FROM %s WHERE %s), 'offset', $1::bigint, "
-			 "'limit', $2::bigint, 'data', coalesce((SELECT json_agg(s.j ORDER BY s.n) "
-			 "FROM (SELECT %s AS j, row_number() OVER (ORDER BY %s %s, %s.id %s) AS n "
-			 "FROM %s WHERE %s ORDER BY %s %s, %s.id %s "
-			 "LIMIT $2::bigint OFFSET $1::bigint) AS s), '[]'::json))::text",
-			 l->from, l->where, l->object, col, dir, l->alias, dir, l->from, l->where,
-			 col, dir, l->alias, dir);
-	if (!sql)
-		return;
-	params[0] = page.offset_text;
-	params[1] = page.limit_text;
-	for (int i = 0; i < nfilters; i++)
-		params[2 + i] = filters[i];
-	auth_api_sql(a, req, &ok, sql, 2 + nfilters, params);
+	sql = api_list_sql(a->host, req, l, filters, nfilters, params);
+	if (sql)
+		auth_api_sql(a, req, &ok, sql, 2 + nfilters, params);
 }
 
 int auth_api_routes(struct auth *a, const struct auth_route *routes, size_t n)

@@ -75,7 +75,7 @@ static void route_org_create(struct lg_req *req, void *ud)
 
 static void route_org_list(struct lg_req *req, void *ud)
 {
-	static const struct auth_list list = {
+	static const struct api_list list = {
 		.from = "organization o", .alias = "o", .where = "true", .object = ORG_JSON,
 		.sort_by = org_sort_by, .sort_columns = org_sort_columns,
 	};

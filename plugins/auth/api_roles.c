@@ -379,7 +379,7 @@ static void route_role_get(struct lg_req *req, void *ud)
 
 static void route_role_list(struct lg_req *req, void *ud)
 {
-	static const struct auth_list list = {
+	static const struct api_list list = {
 		.from = "role r", .alias = "r", .where = "true", .object = ROLE_JSON,
 		.sort_by = role_sort_by, .sort_columns = role_sort_columns,
 	};

@@ -381,7 +381,7 @@ static void route_user_get(struct lg_req *req, void *ud)
 
 static void route_user_list(struct lg_req *req, void *ud)
 {
-	static const struct auth_list list = {
+	static const struct api_list list = {
 		.from = "\"user\" u", .alias = "u",
 		.where = "($3::bigint IS NULL OR u.role_id = $3::bigint) AND "
 			 "($4::bigint IS NULL OR u.organization_id = $4::bigint) AND "

@@ -294,19 +294,10 @@ struct auth_reply {
 void auth_api_sql(struct auth *a, struct lg_req *req, const struct auth_reply *how,
 		  const char *sql, int n, const char *const *params);
 
-/** struct auth_list - a paged list: every fragment is constant SQL from
- * the caller's code, never from the client. @where uses $3, $4... */
-struct auth_list {
-	const char *from;               /* "token t" */
-	const char *alias;              /* "t" */
-	const char *where;              /* "true" when there is no filter */
-	const char *object;             /* one item's JSON expression */
-	const char *const *sort_by;     /* names, NULL-terminated */
-	const char *const *sort_columns;/* their columns, same order */
-};
-/** auth_api_list() - answer the list envelope of spec §2 for the request's
- * offset, limit, sort_by and sort_order (422 on bad values). */
-void auth_api_list(struct auth *a, struct lg_req *req, const struct auth_list *l,
+struct api_list;         /* plugins/common/api.h */
+/** auth_api_list() - answer a list (struct api_list: every fragment is
+ * constant SQL of the caller; @where uses $3, $4... for @filters). */
+void auth_api_list(struct auth *a, struct lg_req *req, const struct api_list *l,
 		   const char *const *filters, int nfilters);
 
 /** struct auth_route, auth_api_routes() - register a table of routes. */

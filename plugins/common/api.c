@@ -252,6 +252,36 @@ bool api_page(const struct lg_host *h, struct lg_req *req, const char *const *so
 	return out->limit_text != NULL;
 }
 
+char *api_list_sql(const struct lg_host *h, struct lg_req *req, const struct api_list *l,
+		   const char *const *filters, int nfilters, const char **params)
+{
+	struct api_page page;
+	const char *col, *dir;
+	char *sql;
+
+	if (!api_page(h, req, l->sort_by, &page))
+		return NULL;
+	col = l->sort_columns[page.sort];
+	dir = page.order_sql;
+	/* The column and direction come from the caller's fixed tables. */
+	sql = api_printf(h, req,
+			 "SELECT json_build_object('object', 'list', 'total', "
+			 "(SELECT count(*) FROM %s WHERE %s), 'offset', $1::bigint, "
+			 "'limit', $2::bigint, 'data', coalesce((SELECT json_agg(s.j ORDER BY s.n) "
+			 "FROM (SELECT %s AS j, row_number() OVER (ORDER BY %s %s, %s.id %s) AS n "
+			 "FROM %s WHERE %s ORDER BY %s %s, %s.id %s "
+			 "LIMIT $2::bigint OFFSET $1::bigint) AS s), '[]'::json))::text",
+			 l->from, l->where, l->object, col, dir, l->alias, dir, l->from, l->where,
+			 col, dir, l->alias, dir);
+	if (!sql)
+		return NULL;
+	params[0] = page.offset_text;
+	params[1] = page.limit_text;
+	for (int i = 0; i < nfilters; i++)
+		params[2 + i] = filters[i];
+	return sql;
+}
+
 char *api_printf(const struct lg_host *h, struct lg_req *req, const char *fmt, ...)
 {
 	va_list ap;

@@ -81,6 +81,26 @@ struct api_page {
 bool api_page(const struct lg_host *h, struct lg_req *req, const char *const *sort_by,
 	      struct api_page *out);
 
+/**
+ * struct api_list, api_list_sql() - a list in the envelope of spec §2
+ * ({"object":"list","total","offset","limit","data"}), built by PostgreSQL
+ * for the request's offset, limit, sort_by and sort_order. @from is the
+ * table with its alias (e.g. "token t"), @where a condition on it with
+ * parameters from $3 ("true" without filters), @object one item's JSON
+ * expression; @sort_by names the sortable fields (NULL-terminated) and
+ * @sort_columns their columns. The id breaks ties, so pages never overlap.
+ * api_list_sql() fills @params (at least 2 + @nfilters slots: offset,
+ * limit, then @filters) and returns the statement, or NULL once it has
+ * answered (422 for bad paging, 500).
+ */
+struct api_list {
+	const char *from, *alias, *where, *object;
+	const char *const *sort_by;
+	const char *const *sort_columns;
+};
+char *api_list_sql(const struct lg_host *h, struct lg_req *req, const struct api_list *l,
+		   const char *const *filters, int nfilters, const char **params);
+
 /** api_printf() - formatted text in the request's memory; on failure it
  * answers 500 and returns NULL. */
 char *api_printf(const struct lg_host *h, struct lg_req *req, const char *fmt, ...)

@@ -97,7 +97,7 @@ static void route_create(struct lg_req *req, void *ud)
 
 static void route_list(struct lg_req *req, void *ud)
 {
-	static const struct rag_list list = {
+	static const struct api_list list = {
 		.from = "collection c", .alias = "c",
 		.where = "(c.user_id = $3::bigint OR c.visibility = 'public') "
 			 "AND ($4::text IS NULL OR c.name = $4) "

@@ -808,7 +808,7 @@ static void route_upload(struct lg_req *req, void *ud)
 
 static void route_documents(struct lg_req *req, void *ud)
 {
-	static const struct rag_list list = {
+	static const struct api_list list = {
 		.from = "document d JOIN collection c ON c.id = d.collection_id", .alias = "d",
 		.where = "(c.user_id = $3::bigint OR c.visibility = 'public') "
 			 "AND ($4::bigint IS NULL OR d.collection_id = $4::bigint)",
@@ -882,7 +882,7 @@ struct chunk_list {
 
 static void chunk_list_checked(const PGresult *res, const char *error, void *arg)
 {
-	static const struct rag_list list = {
+	static const struct api_list list = {
 		.from = "chunk k", .alias = "k", .where = "k.document_id = $3::bigint",
 		.object = CHUNK_JSON, .sort_by = chunk_sort_by, .sort_columns = chunk_sort_columns,
 	};

@@ -127,40 +127,19 @@ void rag_sql_empty(struct rag *r, struct lg_req *req, const char *not_found, int
 
 #define LIST_FILTERS_MAX 6
 
-void rag_list_reply(struct rag *r, struct lg_req *req, const struct rag_list *l,
+void rag_list_reply(struct rag *r, struct lg_req *req, const struct api_list *l,
 		    const char *const *filters, int nfilters)
 {
 	const char *params[2 + LIST_FILTERS_MAX];
-	struct api_page page;
-	const char *col, *dir;
 	char *sql;
 
 	if (nfilters > LIST_FILTERS_MAX) {
 		r->host->reply_error(req, 500, API_INTERNAL_ERROR);
 		return;
 	}
-	if (!api_page(r->host, req, l->sort_by, &page))
-		return;
-	col = l->sort_columns[page.sort];
-	dir = page.order_sql;
-	/* The column and direction come from the caller's tables; the id
-	 * breaks ties so that pages never overlap. */
-	sql = api_printf(r->host, req,
-			 "SELECT json_build_object('object', 'list', 'total', "
-			 "(SELECT count(*) FROM %s WHERE %s), 'offset', $1::bigint, "
-			 "'limit', $2::bigint, 'data', coalesce((SELECT json_agg(s.j ORDER BY s.n) "
-			 "FROM (SELECT %s AS j, row_number() OVER (ORDER BY %s %s, %s.id %s) AS n "
-			 "FROM %s WHERE %s ORDER BY %s %s, %s.id %s "
-			 "LIMIT $2::bigint OFFSET $1::bigint) AS s), '[]'::json))::text",
-			 l->from, l->where, l->object, col, dir, l->alias, dir, l->from, l->where,
-			 col, dir, l->alias, dir);
-	if (!sql)
-		return;
-	params[0] = page.offset_text;
-	params[1] = page.limit_text;
-	for (int i = 0; i < nfilters; i++)
-		params[2 + i] = filters[i];
-	rag_sql_reply(r, req, 200, NULL, sql, 2 + nfilters, params);
+	sql = api_list_sql(r->host, req, l, filters, nfilters, params);
+	if (sql)
+		rag_sql_reply(r, req, 200, NULL, sql, 2 + nfilters, params);
 }
 
 const char *rag_user_text(struct rag *r, struct lg_req *req)

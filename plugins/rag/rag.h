@@ -242,15 +242,10 @@ void rag_sql_reply(struct rag *r, struct lg_req *req, int status, const char *no
 void rag_sql_empty(struct rag *r, struct lg_req *req, const char *not_found, int64_t changed,
 		   const char *sql, int n, const char *const *params);
 
-/** struct rag_list, rag_list_reply() - the list envelope of spec §2 for a
- * request's offset, limit, sort_by and sort_order. Every fragment is
- * constant SQL of the caller; @where uses $3, $4... for @filters. */
-struct rag_list {
-	const char *from, *alias, *where, *object;
-	const char *const *sort_by;     /* names, NULL-terminated */
-	const char *const *sort_columns;/* their columns, same order */
-};
-void rag_list_reply(struct rag *r, struct lg_req *req, const struct rag_list *l,
+struct api_list;         /* plugins/common/api.h */
+/** rag_list_reply() - answer a list (struct api_list: every fragment is
+ * constant SQL of the caller; @where uses $3, $4... for @filters). */
+void rag_list_reply(struct rag *r, struct lg_req *req, const struct api_list *l,
 		    const char *const *filters, int nfilters);
 
 /** rag_user_text() - the caller's user id as text (0: the master key), or
