@@ -1056,9 +1056,9 @@ static void listener_dispatch(struct pg_listener *l, const char *channel, const 
 			c->fn(channel, payload, c->arg);
 }
 
-/* The connection was lost and LISTEN works again: whatever was notified in
- * between is gone, so every listener hears an empty payload and refreshes
- * what it caches (keys, models...). */
+/* LISTEN works (again): whatever was notified before, since the start or
+ * while the connection was lost, is gone, so every listener hears an empty
+ * payload and refreshes what it caches (keys, models...). */
 static void listener_announce_gap(struct pg_listener *l)
 {
 	l->missed = false;
@@ -1098,10 +1098,11 @@ static void on_listen_io(evutil_socket_t fd, short what, void *arg)
 		listener_dispatch(l, n->relname, n->extra);
 		PQfreemem(n);
 	}
-	if (!l->busy && l->state == LISTENER_READY) {
+	/* Also the first time: what a plugin read in start() may have changed
+	 * before LISTEN took effect. */
+	if (!l->busy && l->state == LISTENER_READY && (!l->listened || l->missed)) {
 		l->listened = true;
-		if (l->missed)
-			listener_announce_gap(l);
+		listener_announce_gap(l);
 	}
 	listener_send_pending(l);
 }

@@ -213,6 +213,12 @@ class Keys(unittest.TestCase):
                 "role_id": role["id"]}).json()
             key = g.request("POST", "/v1/admin/keys", headers=admin,
                             body={"name": "load", "user": user["id"]}).json()["value"]
+            # The new role reaches the roles snapshot through NOTIFY.
+            deadline = time.monotonic() + 10
+            while not any(m["id"] == "m1" for m in g.request(
+                    "GET", "/v1/models", headers=bearer(key)).json()["data"]):
+                self.assertLess(time.monotonic(), deadline, "the role's model never showed")
+                time.sleep(0.05)
             statuses, bodies, halt = [], [], threading.Event()
 
             def call():

@@ -28,9 +28,10 @@ typedef void (*lg_db_fn)(const PGresult *res, const char *error, void *arg);
 
 /**
  * lg_notify_fn - a NOTIFY arrived on a channel the plugin listens to.
- * After the LISTEN connection was lost and is back, @fn is called once with
- * an empty @payload: notifications sent in between were missed, so what
- * the plugin caches from the database should be refreshed.
+ * Once LISTEN takes effect, and again after the LISTEN connection was lost
+ * and is back, @fn is called with an empty @payload: notifications sent
+ * before (since start(), or during the outage) were missed, so what the
+ * plugin caches from the database should be refreshed.
  * Ownership: @channel and @payload are borrowed.
  * Thread: main.
  */
