@@ -310,13 +310,8 @@ def user_key(gw):
     """A key of an ordinary user whose role has (high) limits on both models,
     made through the admin API with the master key: the requests then take
     the whole path of a real caller (key cache, role, rate limits)."""
-    admin = {"Authorization": "Bearer " + MASTER_KEY}
-
     def call(method, path, body=None):
-        r = gw.request(method, path, body, headers=admin)
-        if r.status not in (200, 201):
-            raise BenchError("%s %s: %d %s" % (method, path, r.status, r.body[:300]))
-        return r.json()
+        return lgtest.admin(gw, MASTER_KEY, method, path, body)
 
     routers = call("GET", "/v1/admin/routers?limit=100")["data"]
     limits = [{"router_id": m["id"], "type": t, "value": 10 ** 12}

@@ -69,10 +69,7 @@ class Collections(unittest.TestCase):
 
     @classmethod
     def admin(cls, method, path, body=None):
-        r = cls.g.request(method, path, body, headers={"Authorization": "Bearer " + MASTER})
-        if r.status not in (200, 201):
-            raise AssertionError("%s %s: %r" % (method, path, r))
-        return r.json()
+        return lgtest.admin(cls.g, MASTER, method, path, body)
 
     def call(self, who, method, path, body=None, headers=None):
         h = dict(headers or {})

@@ -109,10 +109,7 @@ class Search(unittest.TestCase):
 
     @classmethod
     def master(cls, method, path, body=None):
-        r = cls.g.request(method, path, body, headers={"Authorization": "Bearer " + MASTER})
-        if r.status not in (200, 201):
-            raise AssertionError("%s %s: %r" % (method, path, r))
-        return r.json()
+        return lgtest.admin(cls.g, MASTER, method, path, body)
 
     @classmethod
     def call(cls, who, method, path, body=None, gateway=None, timeout=10):

@@ -287,6 +287,15 @@ class Response:
         return "Response(%d, %r)" % (self.status, self.body[:300])
 
 
+def admin(gateway, key, method, path, body=None):
+    """A call of the admin API with @key that must succeed (200 or 201):
+    its JSON. For setting up users, roles and keys in tests and benchmarks."""
+    r = gateway.request(method, path, body, headers={"Authorization": "Bearer " + key})
+    if r.status not in (200, 201):
+        raise AssertionError("%s %s: %r" % (method, path, r))
+    return r.json()
+
+
 def http_request(host, port, method, path, body=None, headers=None, timeout=10):
     """One request on a fresh connection. A dict or list body is sent as JSON."""
     headers = dict(headers or {})
