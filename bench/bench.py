@@ -504,6 +504,10 @@ def count_instructions(args, rows, up, pg, scripts, llmgate_bin, plugin_path, wo
                 subprocess.run(["callgrind_control", "--dump=" + w, pid], check=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 dump = wait_new_file(cgdir, before)
+                if args.callgrind_dir:
+                    os.makedirs(args.callgrind_dir, exist_ok=True)
+                    shutil.copy(dump, os.path.join(args.callgrind_dir, "callgrind.%s.%s" % (
+                        w, re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_"))))
                 by_obj = callgrind_objects(dump)
                 n = max(res["requests"], 1)
                 out[w][label] = {"requests": res["requests"],
@@ -740,10 +744,15 @@ def parse_args():
                     help="neither nginx nor llmgate write an access log line per request")
     ap.add_argument("--perf", metavar="WORKLOAD",
                     help="after the measurements, perf record llmgate under this workload")
+    ap.add_argument("--perf-target", metavar="NAME", default="llmgate",
+                    help="the row --perf records: llmgate (default), 'llmgate +usage', ...")
     ap.add_argument("--instructions", action="store_true",
                     help="after the measurements, count instructions per request of each "
                          "llmgate row under callgrind (valgrind): a plugin's cost that "
                          "wall-clock noise hides")
+    ap.add_argument("--callgrind-dir", metavar="DIR",
+                    help="with --instructions, keep each row's callgrind dump in DIR "
+                         "(for callgrind_annotate)")
     ap.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
     args = ap.parse_args()
     args.workloads = [w for w in args.workloads.split(",") if w]
@@ -833,8 +842,11 @@ def main():
             extra.append(instructions_report(args, instr, results))
         if args.perf:
             sys.stderr.write("bench: perf record of llmgate under %s\n" % args.perf)
-            res, text = profile(targets[2], scripts[args.perf], args, workdir)
-            extra.append("perf (llmgate, %s, %d connections, %.0f rps while recorded), self "
+            target = next((t for t in targets if t.name == args.perf_target), None)
+            if target is None:
+                raise BenchError("--perf-target: no row named %r" % args.perf_target)
+            res, text = profile(target, scripts[args.perf], args, workdir)
+            extra.append("perf (" + target.name + ", %s, %d connections, %.0f rps while recorded), self "
                          "time by shared object and symbol:\n\n```\n%s\n```" %
                          (args.perf, args.connections, res["rps"], text))
 

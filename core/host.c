@@ -328,6 +328,24 @@ static int h_db_query(struct lg_plugin *self, const char *sql, int nparams,
 	return lg_pg_query(pg, loop, sql, nparams, params, cb, arg);
 }
 
+static int h_db_stats(struct lg_plugin *self, struct lg_db_stats *out)
+{
+	struct lg_pg *pg = atomic_load(&self->rt->pg);
+	struct lg_db_stats now;
+	uint32_t size;
+
+	if (!out || out->size < sizeof out->size)
+		return -EINVAL;
+	if (!pg)
+		return -EAGAIN;
+	lg_pg_stats(pg, &now);
+	/* An older plugin's struct is shorter: fill only what it has. */
+	size = out->size < sizeof now ? out->size : (uint32_t)sizeof now;
+	memcpy(out, &now, size);
+	out->size = size;
+	return 0;
+}
+
 static int h_db_query_sync(struct lg_plugin *self, const char *sql, int nparams,
 			   const char *const *params, PGresult **out, char *err, size_t errlen)
 {
@@ -895,4 +913,5 @@ const struct lg_host lg_host_api = {
 	.req_form = h_req_form,
 	.call_set_body = lg_forward_set_body,
 	.call_reply_member = lg_forward_reply_member,
+	.db_stats = h_db_stats,
 };

@@ -637,6 +637,8 @@ struct pg_worker {
 	uint64_t next_reset_ms;     /* no reset attempt before this */
 	char last_error[256];
 	int index;
+	atomic_bool connected;      /* for lg_pg_stats(): written by this thread */
+	atomic_bool busy;
 };
 
 struct pg_listener;
@@ -649,13 +651,36 @@ struct lg_pg {
 	pthread_cond_t more;          /* a query was queued, or stopping */
 	struct pg_query *head, *tail;
 	bool stopping;
+	size_t queued;                /* the queue's length, under @lock */
 	atomic_bool healthy;
 	struct pg_listener *listeners;
+	/* lg_pg_stats() */
+	atomic_uint_fast64_t succeeded, errors, unavailable, reconnects;
 };
 
 bool lg_pg_healthy(const struct lg_pg *pg)
 {
 	return atomic_load(&pg->healthy);
+}
+
+void lg_pg_stats(struct lg_pg *pg, struct lg_db_stats *out)
+{
+	*out = (struct lg_db_stats){
+		.size = sizeof *out,
+		.connections = (uint32_t)pg->nworkers,
+		.succeeded = atomic_load(&pg->succeeded),
+		.errors = atomic_load(&pg->errors),
+		.unavailable = atomic_load(&pg->unavailable),
+		.reconnects = atomic_load(&pg->reconnects),
+		.healthy = atomic_load(&pg->healthy),
+	};
+	for (int i = 0; i < pg->nworkers; i++) {
+		out->connected += atomic_load(&pg->workers[i].connected);
+		out->busy += atomic_load(&pg->workers[i].busy);
+	}
+	pthread_mutex_lock(&pg->lock);
+	out->queued = pg->queued;
+	pthread_mutex_unlock(&pg->lock);
 }
 
 /* Reconnects a worker's broken connection; on failure, backs off. */
@@ -668,6 +693,8 @@ static bool worker_reset(struct pg_worker *w)
 		lg_info(LOG_COMP, "pool connection %d to %s restored", w->index, pg->target.where);
 		w->backoff_ms = 0;
 		w->last_error[0] = '\0';
+		atomic_store(&w->connected, true);
+		atomic_fetch_add(&pg->reconnects, 1);
 		atomic_store(&pg->healthy, true);
 		return true;
 	}
@@ -681,6 +708,7 @@ static bool worker_reset(struct pg_worker *w)
 			 pg->target.where, w->last_error);
 	w->backoff_ms = next_backoff(w->backoff_ms);
 	w->next_reset_ms = now_ms() + w->backoff_ms;
+	atomic_store(&w->connected, false);
 	atomic_store(&pg->healthy, false);
 	return false;
 }
@@ -708,6 +736,7 @@ static void run_query(struct pg_worker *w, struct pg_query *q)
 	char msg[512];
 
 	if (!worker_connection_ready(w)) {
+		atomic_fetch_add(&pg->unavailable, 1);
 		query_fail(q, "database unavailable (%s): %s", pg->target.where, w->last_error);
 		return;
 	}
@@ -715,6 +744,7 @@ static void run_query(struct pg_worker *w, struct pg_query *q)
 	st = q->res ? PQresultStatus(q->res) : PGRES_FATAL_ERROR;
 	if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
 		atomic_store(&pg->healthy, true);
+		atomic_fetch_add(&pg->succeeded, 1);
 		return;
 	}
 	if (PQstatus(w->conn) != CONNECTION_OK) {
@@ -723,7 +753,9 @@ static void run_query(struct pg_worker *w, struct pg_query *q)
 		clean_message(w->last_error, sizeof w->last_error, PQerrorMessage(w->conn),
 			      &pg->target);
 		w->next_reset_ms = 0;
+		atomic_store(&w->connected, false);
 		atomic_store(&pg->healthy, false);
+		atomic_fetch_add(&pg->unavailable, 1);
 		lg_warn(LOG_COMP, "pool connection %d to %s lost: %s", w->index, pg->target.where,
 			w->last_error);
 		query_fail(q, "database connection lost: %s", w->last_error);
@@ -732,6 +764,7 @@ static void run_query(struct pg_worker *w, struct pg_query *q)
 	/* The server answered: a statement error, not an outage. Only the
 	 * primary message: DETAIL may quote parameter values. */
 	atomic_store(&pg->healthy, true);
+	atomic_fetch_add(&pg->errors, 1);
 	primary = q->res ? PQresultErrorField(q->res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
 	if (st == PGRES_EMPTY_QUERY)
 		primary = "empty query";
@@ -814,6 +847,7 @@ static struct pg_query *next_query(struct pg_worker *w)
 		if (!pg->head)
 			pg->tail = NULL;
 		q->next = NULL;
+		pg->queued--;
 	}
 	pthread_mutex_unlock(&pg->lock);
 	return q;
@@ -825,9 +859,11 @@ static void *worker_main(void *arg)
 	struct pg_query *q;
 
 	while ((q = next_query(w))) {
+		atomic_store(&w->busy, true);
 		run_query(w, q);
 		finish_query(w->pg, q);
 		end_stray_transaction(w);
+		atomic_store(&w->busy, false);
 	}
 	return NULL;
 }
@@ -844,6 +880,7 @@ static int enqueue(struct lg_pg *pg, struct pg_query *q)
 	else
 		pg->head = q;
 	pg->tail = q;
+	pg->queued++;
 	pthread_cond_signal(&pg->more);
 	pthread_mutex_unlock(&pg->lock);
 	return 0;
@@ -1357,6 +1394,7 @@ struct lg_pg *lg_pg_start(const struct lg_pg_config *cfg, char *err, size_t errl
 
 		w->pg = pg;
 		w->index = i;
+		atomic_store(&w->connected, true);      /* pool_connect() opened it */
 		if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
 			lg_errf(err, errlen, "cannot start a database thread");
 			pool_join(pg);

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include <libpq-fe.h>
+#include <llmgate/db.h>
 
 #include "loop.h"
 
@@ -69,5 +70,9 @@ int lg_pg_listen(struct lg_pg *pg, struct lg_loop *loop, const char *channel,
 
 /* Whether the database answered recently (for /ready). Thread: any. */
 bool lg_pg_healthy(const struct lg_pg *pg);
+
+/* The pool's state now (struct lg_db_stats of the SDK, every member).
+ * Thread: any. */
+void lg_pg_stats(struct lg_pg *pg, struct lg_db_stats *out);
 
 #endif

@@ -490,6 +490,34 @@ static void put_ledger(FILE *f, const struct ledger_stats *s, uint64_t overflow)
 		s->dropped_queue_full, s->dropped_journal_full, s->dropped_journal_error);
 }
 
+/* The host's PostgreSQL pool (ABI 1.2; left out on an older host). */
+static void put_db_pool(FILE *f, struct usage *u)
+{
+	struct lg_db_stats db = { .size = sizeof db };
+
+	if (!LG_HOST_HAS(u->host, db_stats) || !u->host->db_stats ||
+	    u->host->db_stats(u->self, &db) != 0 || db.size < sizeof db)
+		return;
+	gauge(f, "llmgate_db_pool_connections", "gauge",
+	      "Connections of the PostgreSQL pool (pool_size).", db.connections);
+	gauge(f, "llmgate_db_pool_connected", "gauge",
+	      "Pool connections open now.", db.connected);
+	gauge(f, "llmgate_db_pool_busy", "gauge",
+	      "Pool connections running a statement now.", db.busy);
+	gauge(f, "llmgate_db_pool_queued", "gauge",
+	      "Statements waiting for a free pool connection.", db.queued);
+	gauge(f, "llmgate_db_up", "gauge",
+	      "1 while PostgreSQL answers the pool.", db.healthy);
+	gauge(f, "llmgate_db_reconnects_total", "counter",
+	      "Pool connections re-established after a failure.", db.reconnects);
+	family(f, "llmgate_db_queries_total", "counter",
+	       "Statements the pool finished, by outcome.");
+	fprintf(f, "llmgate_db_queries_total{outcome=\"ok\"} %" PRIu64 "\n"
+		"llmgate_db_queries_total{outcome=\"error\"} %" PRIu64 "\n"
+		"llmgate_db_queries_total{outcome=\"unavailable\"} %" PRIu64 "\n",
+		db.succeeded, db.errors, db.unavailable);
+}
+
 /* The whole page. Ownership: the caller's (free). NULL on failure. */
 static char *render(struct usage *u, size_t *len)
 {
@@ -512,6 +540,7 @@ static char *render(struct usage *u, size_t *len)
 	put_requests(f, v, n);
 	put_per_model(f, v, n);
 	put_ledger(f, &ls, overflow);
+	put_db_pool(f, u);
 	free(v);
 	if (ferror(f)) {
 		fclose(f);

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* usage: the ledger of forwarded calls (DESIGN §9). The COMPLETE hook turns
- * each call into one JSON record and queues it, on the worker, without
+ * each call into one JSON record (record.c) and queues it, on the worker, without
  * waking anybody; a timer on the main loop sends the queue to PostgreSQL in
  * batches (one INSERT per batch). Batches the database does not take go to
  * an append-only journal on disk, replayed in order once inserts succeed
@@ -26,14 +26,12 @@
 #include <string.h>
 #include <time.h>
 
-#include <jansson.h>
 #include <sodium.h>
 #include <llmgate/host.h>
 
 #include "journal.h"
 #include "usage.h"
 
-#define RECORD_ID_BYTES 16
 #define TICK_MS_MAX 50          /* how often the timer looks at the queue */
 #define ALARM_EVERY_MS 10000    /* the most often "records are lost" is logged */
 
@@ -96,98 +94,6 @@ static uint64_t now_ms(void)
 
 /* ---- records (workers) ---- */
 
-static void utc_now(char *buf, size_t len)
-{
-	struct timespec ts;
-	struct tm tm;
-	char day[32];
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
-	strftime(day, sizeof day, "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(buf, len, "%s.%06ldZ", day, ts.tv_nsec / 1000);
-}
-
-static json_t *str_or_null(const char *s)
-{
-	return s ? json_string(s) : json_null();
-}
-
-static json_t *id_or_null(int64_t id)
-{
-	return id > 0 ? json_integer(id) : json_null();
-}
-
-double usage_call_cost(const struct lg_call *c)
-{
-	double cost;
-
-	if (CALL_HAS(c, cost))
-		cost = c->cost;
-	else
-		cost = (double)c->prompt_tokens * c->cost_prompt_tokens / 1e6 +
-		       (double)c->completion_tokens * c->cost_completion_tokens / 1e6;
-	return isfinite(cost) ? cost : 0;
-}
-
-/* The impacts the host gave (ABI 1.1), or NULL: unknown, not zero. */
-static json_t *call_kwh(const struct lg_call *c)
-{
-	return CALL_HAS(c, kwh) && isfinite(c->kwh) ? json_real(c->kwh) : json_null();
-}
-
-static json_t *call_kgco2eq(const struct lg_call *c)
-{
-	return CALL_HAS(c, kgco2eq) && isfinite(c->kgco2eq) ? json_real(c->kgco2eq) : json_null();
-}
-
-static char *record_json(const struct lg_call *c, const char *method,
-			 const struct lg_principal *who)
-{
-	unsigned char rid[RECORD_ID_BYTES];
-	char rid_hex[RECORD_ID_BYTES * 2 + 1], created[64];
-	json_t *rec;
-	char *text;
-
-	randombytes_buf(rid, sizeof rid);
-	sodium_bin2hex(rid_hex, sizeof rid_hex, rid, sizeof rid);
-	utc_now(created, sizeof created);
-	rec = json_pack("{s:s,s:o,s:s,s:o,s:o,s:i,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,"
-			"s:I,s:I,s:I,s:b,s:f,s:o,s:f,s:o,s:o,s:b,s:o}",
-			"record_id", rid_hex,
-			"request_id", json_string(c->request_id ? c->request_id : ""),
-			"created", created,
-			"endpoint", json_string(c->endpoint ? c->endpoint : ""),
-			"method", json_string(method ? method : ""),
-			"status", c->status,
-			"user_id", id_or_null(who ? who->user_id : 0),
-			"key_id", id_or_null(who ? who->key_id : 0),
-			"organization_id", id_or_null(who ? who->organization_id : 0),
-			"user_name", str_or_null(who ? who->user_name : NULL),
-			"key_name", str_or_null(who ? who->key_name : NULL),
-			"model_id", id_or_null(c->model_id),
-			"model_name", str_or_null(c->model_name),
-			"provider_id", id_or_null(c->provider_id),
-			"provider_type", str_or_null(c->provider_type),
-			"provider_model", str_or_null(c->provider_model),
-			"prompt_tokens", (json_int_t)c->prompt_tokens,
-			"completion_tokens", (json_int_t)c->completion_tokens,
-			"total_tokens", (json_int_t)c->total_tokens,
-			"usage_estimated", c->usage_estimated,
-			"latency_ms", c->latency_ms,
-			"ttft_ms", c->ttft_ms >= 0 ? json_real(c->ttft_ms) : json_null(),
-			"cost", usage_call_cost(c),
-			"kwh", call_kwh(c),
-			"kgco2eq", call_kgco2eq(c),
-			"client_gone", c->client_gone,
-			"error", str_or_null(c->error));
-	if (!rec)
-		return NULL;
-	text = json_dumps(rec, JSON_COMPACT);
-	json_decref(rec);
-	return text;
-}
-
 /* Returns false when the queue is full (the record is then the caller's). */
 static bool queue_push(struct usage *u, char *line)
 {
@@ -217,7 +123,7 @@ static enum lg_hook_result on_complete(struct lg_req *req, void *ud)
 		usage_metrics_record(u->metrics, c);
 	if (!u->enabled)
 		return LG_HOOK_OK;
-	line = record_json(c, u->host->req_method(req), u->host->req_principal(req));
+	line = usage_record_json(c, u->host->req_method(req), u->host->req_principal(req));
 	if (!line) {
 		u->host->log(u->self, LG_LOG_ERROR, "usage: cannot build the record");
 		return LG_HOOK_OK;

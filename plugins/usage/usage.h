@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* The usage plugin's own interfaces between its files:
  *   usage.c      the ledger (queue, batched inserts, journal) and lifecycle
+ *   record.c     one call as the ledger's JSON record
  *   queries.c    GET /v1/usage and GET /v1/me/usage
  *   metrics.c    GET /metrics and the per-worker counters behind it
  *   retention.c  monthly partitions ahead, old ones dropped
@@ -87,9 +88,14 @@ struct ledger_stats {
 	uint64_t rows_inserted, rows_journaled;
 };
 
-/* usage.c: the call's cost as in its reply (computed from the model's
+/* record.c: the call's cost as in its reply (computed from the model's
  * prices on a 1.0 host), 0 if not finite. Thread: any. */
 double usage_call_cost(const struct lg_call *c);
+/* record.c: the call as the JSON object usage_insert_batch() takes, with a
+ * new random record id and the current time; NULL when out of memory.
+ * Ownership: the caller's (free()). Thread: any. */
+char *usage_record_json(const struct lg_call *c, const char *method,
+			const struct lg_principal *who);
 /* usage.c: a snapshot of the ledger's counters. Thread: any. */
 void usage_ledger_stats(struct usage *u, struct ledger_stats *out);
 

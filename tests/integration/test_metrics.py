@@ -16,7 +16,7 @@ import uuid
 import common
 import lgtest
 from pgcluster import PgCluster
-from test_usage import wait_rows
+from test_usage import Locker, wait_rows
 
 MASTER = "master-key-for-usage-tests-5c1e"
 AUTH = {"Authorization": "Bearer " + MASTER}
@@ -280,6 +280,72 @@ class Metrics(unittest.TestCase):
             self.assertEqual(value(s, "ogl_inference_requests_total", endpoint=CHAT,
                                    model="priced", status_code="200"), 1)
             self.assertIsNone(value(s, "llmgate_usage_queue_depth"))
+
+    def wait_metric(self, g, name, want, timeout=30, **labels):
+        deadline = time.monotonic() + timeout
+        while True:
+            s = self.scrape(g)
+            if want(value(s, name, **labels)):
+                return s
+            if time.monotonic() > deadline:
+                self.fail("%s%r stayed %r" % (name, labels, value(s, name, **labels)))
+            time.sleep(0.1)
+
+    def chat(self, g, tag):
+        r = g.request("POST", CHAT, body={"model": "priced", "messages": [
+            {"role": "user", "content": "hi"}]},
+            headers=dict(AUTH, **{"X-Request-Id": self.prefix + tag}))
+        self.assertEqual(r.status, 200, r.body)
+
+    def test_database_pool(self):
+        """The pool's gauges and counters follow what PostgreSQL does: a
+        locked table gives statement errors, a stopped server makes
+        connections drop and statements fail for want of one, its return
+        reconnects them."""
+        pg = PgCluster().start()
+        self.addCleanup(pg.destroy)
+        cfg = config(self.journal, lock_timeout="100ms")
+        cfg["dependencies"] = {"postgres": {"url": pg.url(), "pool_size": 3}}
+        with lgtest.Gateway(cfg, pg=pg, env={
+                "LLMGATE_PLUGIN_PATH": common.test_plugins_path()}) as g:
+            self.chat(g, "pool-0")
+            wait_rows(self, pg, self.prefix, 1)
+            s = self.scrape(g)
+            self.assertEqual(value(s, "llmgate_db_pool_connections"), 3)
+            self.assertEqual(value(s, "llmgate_db_pool_connected"), 3)
+            self.assertEqual(value(s, "llmgate_db_up"), 1)
+            self.assertLessEqual(value(s, "llmgate_db_pool_busy"), 3)
+            self.assertGreaterEqual(value(s, "llmgate_db_pool_queued"), 0)
+            ok = value(s, "llmgate_db_queries_total", outcome="ok")
+            self.assertGreater(ok, 0)
+            self.assertEqual(value(s, "llmgate_db_queries_total", outcome="unavailable"), 0)
+            self.assertEqual(value(s, "llmgate_db_reconnects_total"), 0)
+            errors = value(s, "llmgate_db_queries_total", outcome="error")
+
+            # The ledger's insert waits 100 ms for a lock it cannot get.
+            locker = Locker(pg)
+            locker.wait_held()
+            self.chat(g, "pool-1")
+            self.wait_metric(g, "llmgate_usage_records_journaled_total", lambda v: v >= 1)
+            locker.release()
+            s = self.scrape(g)
+            self.assertGreater(value(s, "llmgate_db_queries_total", outcome="error"), errors)
+
+            pg.stop("immediate")
+            self.chat(g, "pool-2")      # the master key needs no database
+            self.wait_metric(g, "llmgate_db_up", lambda v: v == 0)
+            s = self.wait_metric(g, "llmgate_db_queries_total", lambda v: v > 0,
+                                 outcome="unavailable")
+            self.assertLess(value(s, "llmgate_db_pool_connected"), 3)
+
+            pg.pg_ctl_start()
+            self.wait_metric(g, "llmgate_db_pool_connected", lambda v: v == 3, timeout=60)
+            s = self.wait_metric(g, "llmgate_db_up", lambda v: v == 1, timeout=60)
+            self.assertGreaterEqual(value(s, "llmgate_db_reconnects_total"), 1)
+            wait_rows(self, pg, self.prefix, 3)     # the journal replayed
+            s = self.scrape(g)
+            self.assertGreater(value(s, "llmgate_db_queries_total", outcome="ok"), ok)
+            self.assertEqual(g.stop(30), 0, g.log()[-4000:])
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@
 #ifndef LLMGATE_DB_H
 #define LLMGATE_DB_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
 #include <libpq-fe.h>
 
 #ifdef __cplusplus
@@ -36,6 +39,34 @@ typedef void (*lg_db_fn)(const PGresult *res, const char *error, void *arg);
  * Thread: main.
  */
 typedef void (*lg_notify_fn)(const char *channel, const char *payload, void *arg);
+
+/**
+ * struct lg_db_stats - the state of the host's PostgreSQL pool (ABI 1.2),
+ * for a plugin that exports metrics. The caller sets @size to
+ * sizeof(struct lg_db_stats); the host fills what both know.
+ * @connections: the pool's size (dependencies.postgres.pool_size).
+ * @connected:   connections open now.
+ * @busy:        connections running a statement now.
+ * @queued:      statements waiting for a free connection.
+ * @succeeded:   statements that succeeded since start.
+ * @errors:      statements the server refused (a statement error).
+ * @unavailable: statements that failed for want of a connection (the
+ *               server down, the connection lost).
+ * @reconnects:  connections re-established after a failure.
+ * @healthy:     whether the database answered recently (as /ready sees it).
+ */
+struct lg_db_stats {
+	uint32_t size;
+	uint32_t connections;
+	uint32_t connected;
+	uint32_t busy;
+	uint64_t queued;
+	uint64_t succeeded;
+	uint64_t errors;
+	uint64_t unavailable;
+	uint64_t reconnects;
+	bool healthy;
+};
 
 #ifdef __cplusplus
 }

@@ -302,7 +302,14 @@ struct lg_host {
 	 * Ownership: copied. Thread: the request's worker. */
 	int (*call_reply_member)(struct lg_req *req, const char *name, struct lg_str json);
 
-	/* 1.2+ members go below, never above */
+	/* ---- 1.2 ---- */
+
+	/** db_stats() - the state of the PostgreSQL pool (struct
+	 * lg_db_stats; set @out->size first). Thread: any. 0, or -EAGAIN
+	 * while the pool is not started, -EINVAL for a bad @out. */
+	int (*db_stats)(struct lg_plugin *self, struct lg_db_stats *out);
+
+	/* 1.3+ members go below, never above */
 };
 
 /** LG_HOST_HAS() - whether the running host has vtable member @m. */

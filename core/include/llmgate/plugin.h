@@ -24,6 +24,7 @@
  *        host->call_set_body(), host->call_reply_member() (PRE_UPSTREAM
  *        hooks rewrite the call and add to its reply);
  *        struct lg_call gains cost, kwh and kgco2eq.
+ *   1.2  host->db_stats() (the PostgreSQL pool's state, for metrics).
  */
 #ifndef LLMGATE_PLUGIN_H
 #define LLMGATE_PLUGIN_H
@@ -37,7 +38,7 @@ extern "C" {
 #endif
 
 #define LG_ABI_MAJOR 1
-#define LG_ABI_MINOR 1
+#define LG_ABI_MINOR 2
 
 #define LG_EXPORT __attribute__((visibility("default")))
 #define LG_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))

@@ -1,0 +1,221 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The usage ledger's record writer (plugins/usage/record.c): every field
+ * read back by a JSON parser, strings that PostgreSQL would refuse made safe,
+ * numbers that read back as the same double. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+#include <sodium.h>
+
+#include "../../plugins/usage/usage.h"
+
+static struct lg_call sample_call(void)
+{
+	struct lg_call c = {
+		.size = sizeof c, .request_id = "req-1", .endpoint = "/v1/chat/completions",
+		.model_id = 7, .model_name = "mock-chat", .provider_id = 3,
+		.provider_type = "mock", .provider_model = "m", .status = 200,
+		.prompt_tokens = 12, .completion_tokens = 34, .total_tokens = 46,
+		.usage_estimated = true, .ttft_ms = 3.25, .latency_ms = 12.5,
+		.error = NULL, .cost = 0.000123, .kwh = 1.5e-6, .kgco2eq = 8.9e-7,
+	};
+	return c;
+}
+
+static json_t *parse(char *text)
+{
+	json_error_t err;
+	json_t *j;
+
+	assert_non_null(text);
+	j = json_loads(text, 0, &err);
+	if (!j)
+		fail_msg("not JSON (%s): %s", err.text, text);
+	free(text);
+	return j;
+}
+
+static const char *str(json_t *j, const char *key)
+{
+	return json_string_value(json_object_get(j, key));
+}
+
+static void test_every_field(void **state)
+{
+	struct lg_call c = sample_call();
+	struct lg_principal who = { .user_id = 5, .key_id = 9, .organization_id = 2,
+				    .user_name = "ann@example.org", .key_name = "ci" };
+	json_t *j = parse(usage_record_json(&c, "POST", &who));
+
+	(void)state;
+	assert_int_equal(json_object_size(j), 27);
+	assert_int_equal(strlen(str(j, "record_id")), 32);
+	assert_string_equal(str(j, "request_id"), "req-1");
+	assert_int_equal(strlen(str(j, "created")), strlen("2026-11-29T12:00:00.000000Z"));
+	assert_string_equal(str(j, "endpoint"), "/v1/chat/completions");
+	assert_string_equal(str(j, "method"), "POST");
+	assert_int_equal(json_integer_value(json_object_get(j, "status")), 200);
+	assert_int_equal(json_integer_value(json_object_get(j, "user_id")), 5);
+	assert_int_equal(json_integer_value(json_object_get(j, "key_id")), 9);
+	assert_int_equal(json_integer_value(json_object_get(j, "organization_id")), 2);
+	assert_string_equal(str(j, "user_name"), "ann@example.org");
+	assert_string_equal(str(j, "key_name"), "ci");
+	assert_int_equal(json_integer_value(json_object_get(j, "model_id")), 7);
+	assert_string_equal(str(j, "model_name"), "mock-chat");
+	assert_int_equal(json_integer_value(json_object_get(j, "provider_id")), 3);
+	assert_string_equal(str(j, "provider_type"), "mock");
+	assert_string_equal(str(j, "provider_model"), "m");
+	assert_int_equal(json_integer_value(json_object_get(j, "prompt_tokens")), 12);
+	assert_int_equal(json_integer_value(json_object_get(j, "completion_tokens")), 34);
+	assert_int_equal(json_integer_value(json_object_get(j, "total_tokens")), 46);
+	assert_true(json_is_true(json_object_get(j, "usage_estimated")));
+	assert_true(json_number_value(json_object_get(j, "latency_ms")) == 12.5);
+	assert_true(json_number_value(json_object_get(j, "ttft_ms")) == 3.25);
+	assert_true(json_number_value(json_object_get(j, "cost")) == 0.000123);
+	assert_true(json_number_value(json_object_get(j, "kwh")) == 1.5e-6);
+	assert_true(json_number_value(json_object_get(j, "kgco2eq")) == 8.9e-7);
+	assert_true(json_is_false(json_object_get(j, "client_gone")));
+	assert_true(json_is_null(json_object_get(j, "error")));
+	json_decref(j);
+}
+
+static void test_no_principal_no_ids(void **state)
+{
+	struct lg_call c = sample_call();
+	json_t *j;
+
+	(void)state;
+	c.model_id = 0;
+	c.provider_id = 0;
+	c.provider_type = NULL;
+	c.ttft_ms = -1;
+	c.request_id = NULL;
+	j = parse(usage_record_json(&c, NULL, NULL));
+	assert_true(json_is_null(json_object_get(j, "user_id")));
+	assert_true(json_is_null(json_object_get(j, "key_name")));
+	assert_true(json_is_null(json_object_get(j, "model_id")));
+	assert_true(json_is_null(json_object_get(j, "provider_id")));
+	assert_true(json_is_null(json_object_get(j, "provider_type")));
+	assert_true(json_is_null(json_object_get(j, "ttft_ms")));
+	assert_string_equal(str(j, "request_id"), "");
+	assert_string_equal(str(j, "method"), "");
+	json_decref(j);
+}
+
+/* Escapes, valid multi-byte text kept, invalid bytes replaced; jansson's
+ * parser (strict UTF-8, like PostgreSQL) reads it back. */
+static void test_strings_made_safe(void **state)
+{
+	struct lg_call c = sample_call();
+	json_t *j;
+
+	(void)state;
+	c.request_id = "a\"b\\c\n\x01" "é€😀";
+	/* a lone continuation byte, an overlong '/', a surrogate, a truncated
+	 * sequence at the end */
+	c.error = "x\x80y\xC0\xAFz\xED\xA0\x80w\xE2\x82";
+	j = parse(usage_record_json(&c, "POST", NULL));
+	assert_string_equal(str(j, "request_id"), "a\"b\\c\n\x01" "é€😀");
+	assert_string_equal(str(j, "error"),
+			    "x\xEF\xBF\xBDy\xEF\xBF\xBD\xEF\xBF\xBDz"
+			    "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBDw\xEF\xBF\xBD\xEF\xBF\xBD");
+	json_decref(j);
+}
+
+/* Past the stack buffer: a long error made of the worst case (control
+ * characters, six bytes each). */
+static void test_long_strings(void **state)
+{
+	struct lg_call c = sample_call();
+	size_t n = 20000;
+	char *err = malloc(n + 1);
+	json_t *j;
+
+	(void)state;
+	assert_non_null(err);
+	memset(err, '\x02', n);
+	err[n] = '\0';
+	c.error = err;
+	j = parse(usage_record_json(&c, "POST", NULL));
+	assert_int_equal(strlen(str(j, "error")), n);
+	assert_memory_equal(str(j, "error"), err, n);
+	json_decref(j);
+	free(err);
+}
+
+static void test_numbers(void **state)
+{
+	struct lg_call c = sample_call();
+	json_t *j;
+
+	(void)state;
+	c.latency_ms = NAN;
+	c.kwh = INFINITY;
+	c.cost = 0.1 + 0.2;            /* needs 17 digits */
+	c.prompt_tokens = INT64_MAX;
+	c.completion_tokens = INT64_MIN;
+	c.status = 0;
+	j = parse(usage_record_json(&c, "POST", NULL));
+	assert_true(json_number_value(json_object_get(j, "latency_ms")) == 0);
+	assert_true(json_is_null(json_object_get(j, "kwh")));
+	assert_true(json_real_value(json_object_get(j, "cost")) == 0.1 + 0.2);
+	assert_true(json_integer_value(json_object_get(j, "prompt_tokens")) == INT64_MAX);
+	assert_true(json_integer_value(json_object_get(j, "completion_tokens")) == INT64_MIN);
+	assert_int_equal(json_integer_value(json_object_get(j, "status")), 0);
+	json_decref(j);
+}
+
+/* A 1.0 host's struct lg_call ends before cost: the cost comes from the
+ * prices, the impacts are unknown. */
+static void test_older_host(void **state)
+{
+	struct lg_call c = sample_call();
+	json_t *j;
+
+	(void)state;
+	c.size = offsetof(struct lg_call, cost);
+	c.cost_prompt_tokens = 2;
+	c.cost_completion_tokens = 4;
+	j = parse(usage_record_json(&c, "POST", NULL));
+	assert_true(json_number_value(json_object_get(j, "cost")) ==
+		    12 * 2 / 1e6 + 34 * 4 / 1e6);
+	assert_true(json_is_null(json_object_get(j, "kwh")));
+	assert_true(json_is_null(json_object_get(j, "kgco2eq")));
+	json_decref(j);
+}
+
+static void test_record_ids_differ(void **state)
+{
+	struct lg_call c = sample_call();
+	json_t *a = parse(usage_record_json(&c, "POST", NULL));
+	json_t *b = parse(usage_record_json(&c, "POST", NULL));
+
+	(void)state;
+	assert_string_not_equal(str(a, "record_id"), str(b, "record_id"));
+	json_decref(a);
+	json_decref(b);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_every_field),
+		cmocka_unit_test(test_no_principal_no_ids),
+		cmocka_unit_test(test_strings_made_safe),
+		cmocka_unit_test(test_long_strings),
+		cmocka_unit_test(test_numbers),
+		cmocka_unit_test(test_older_host),
+		cmocka_unit_test(test_record_ids_differ),
+	};
+
+	if (sodium_init() < 0)
+		return 1;
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
