@@ -25,6 +25,7 @@
 #include "loop.h"
 #include "migrate.h"
 #include "models.h"
+#include "notify.h"
 #include "pg.h"
 #include "runtime.h"
 #include "server.h"
@@ -55,6 +56,9 @@ struct app {
 	uint64_t drain_deadline_ns;
 	pthread_t startup_thread;
 	bool startup_running;
+	/* the service manager ($NOTIFY_SOCKET), or NULL */
+	struct lg_notifier *notifier;
+	bool announced_ready;   /* READY=1 sent; main loop only */
 	int exit_code;
 	char startup_err[1024];
 };
@@ -383,10 +387,12 @@ static void *startup_main(void *arg)
 	int n;
 
 	pg_config(app->rt.cfg, &pc);
+	lg_notifier_status(app->notifier, "Waiting for PostgreSQL");
 	/* The pool retries an unreachable database for connect_retry. */
 	pg = lg_pg_start(&pc, app->startup_err, sizeof app->startup_err);
 	if (!pg)
 		return NULL;
+	lg_notifier_status(app->notifier, "Applying database migrations");
 	n = run_migrations(&app->rt, LG_MIGRATE_APPLY, NULL, app->startup_err,
 			   sizeof app->startup_err);
 	if (n < 0) {
@@ -447,6 +453,9 @@ static void startup_done(void *arg)
 	atomic_store(&app->rt.ready, true);
 	lg_info("core", "ready: llmgate %s with %zu plugin%s", LG_VERSION, app->rt.nplugins,
 		app->rt.nplugins == 1 ? "" : "s");
+	lg_notifier_ready(app->notifier, "Serving (llmgate %s, %zu plugin%s)", LG_VERSION,
+			  app->rt.nplugins, app->rt.nplugins == 1 ? "" : "s");
+	app->announced_ready = true;
 }
 
 static void *startup_thread_main(void *arg)
@@ -485,6 +494,7 @@ static void begin_shutdown(struct app *app, const char *why)
 		return;
 	lg_info("core", "%s: no longer accepting; draining for up to %u ms", why,
 		app->rt.cfg->drain_timeout_ms);
+	lg_notifier_stopping(app->notifier, "Draining (%s)", why);
 	lg_server_stop_accepting(&app->rt);
 	app->drain_deadline_ns = lg_now_ns() + (uint64_t)app->rt.cfg->drain_timeout_ms * 1000000u;
 	app->drain_timer = event_new(lg_loop_base(app->rt.main_loop), -1, EV_PERSIST, drain_tick,
@@ -501,35 +511,54 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 	begin_shutdown(arg, sig == SIGINT ? "SIGINT" : "SIGTERM");
 }
 
-/* SIGHUP: validate the whole new configuration; keep the old one if it is
- * wrong. Settings that need a restart say so. */
-static void on_reload(evutil_socket_t sig, short what, void *arg)
+/* Validates the whole new configuration and applies what can change
+ * while serving. -1 with @err when it is refused (the old one stays). */
+static int reload_config(struct app *app, char *err, size_t errlen)
 {
-	struct app *app = arg;
 	struct lg_config_doc *doc;
 	struct lg_core_config *cfg;
-	char err[1024];
 	enum lg_log_level level;
 
-	(void)sig;
-	(void)what;
-	if (lg_config_load(app->opt.config, &doc, err, sizeof err) < 0 ||
-	    lg_core_config_build(doc, &cfg, err, sizeof err) < 0) {
-		lg_error("core", "reload refused, the running configuration stays: %s", err);
-		return;
-	}
-	if (lg_models_check_config(&app->rt, cfg->models, app->opt.config, err, sizeof err) < 0 ||
+	if (lg_config_load(app->opt.config, &doc, err, errlen) < 0 ||
+	    lg_core_config_build(doc, &cfg, err, errlen) < 0)
+		return -1;
+	if (lg_models_check_config(&app->rt, cfg->models, app->opt.config, err, errlen) < 0 ||
 	    (atomic_load(&app->rt.ready) &&
-	     lg_models_reload(app->rt.models, cfg, err, sizeof err) < 0)) {
-		lg_error("core", "reload refused, the running configuration stays: %s", err);
+	     lg_models_reload(app->rt.models, cfg, err, errlen) < 0)) {
 		lg_core_config_free(cfg);
-		return;
+		return -1;
 	}
 	if (lg_log_parse_level(cfg->log_level, &level) == 0)
 		lg_log_set_level(level);
+	lg_core_config_free(cfg);
+	return 0;
+}
+
+/* SIGHUP: validate the whole new configuration; keep the old one if it is
+ * wrong. Settings that need a restart say so. The service manager hears
+ * RELOADING=1, then READY=1 once the reload is applied or refused; before
+ * the first READY=1 and while draining it hears nothing (READY=1 would
+ * announce a gateway that does not serve). */
+static void on_reload(evutil_socket_t sig, short what, void *arg)
+{
+	struct app *app = arg;
+	bool tell = app->announced_ready && !atomic_load(&app->rt.draining);
+	char err[1024];
+
+	(void)sig;
+	(void)what;
+	if (tell)
+		lg_notifier_reloading(app->notifier);
+	if (reload_config(app, err, sizeof err) < 0) {
+		lg_error("core", "reload refused, the running configuration stays: %s", err);
+		if (tell)
+			lg_notifier_ready(app->notifier, "Serving; reload refused: %s", err);
+		return;
+	}
 	lg_info("core", "reload: %s is valid (models and log level applied; other server and "
 		"plugin settings take effect on restart)", app->opt.config);
-	lg_core_config_free(cfg);
+	if (tell)
+		lg_notifier_ready(app->notifier, "Serving; configuration reloaded");
 }
 
 static int add_signal(struct app *app, struct event **ev, int sig, event_callback_fn fn)
@@ -633,6 +662,9 @@ static void serve_teardown(struct app *app)
 	if (app->sig_hup)
 		event_free(app->sig_hup);
 	lg_loop_free(app->rt.main_loop);
+	/* The start-up thread, the last other user, is joined. */
+	lg_notifier_free(app->notifier);
+	app->notifier = NULL;
 }
 
 static int cmd_serve(struct app *app)
@@ -643,6 +675,7 @@ static int cmd_serve(struct app *app)
 		return EXIT_CONFIG;
 	if (load_plugins(app) < 0)
 		return EXIT_CONFIG;
+	app->notifier = lg_notifier_from_env();
 	if (serve_setup(app, err, sizeof err) < 0) {
 		lg_error("core", "%s", err);
 		app->exit_code = 1;
