@@ -106,6 +106,7 @@ struct lg_core_config {
 	char **pg_server_settings;      /* NULL-terminated name, value, ... */
 	/* settings: */
 	bool monitoring_postgres_enabled;
+	bool monitoring_prometheus_enabled;
 	/* plugins: (in file order) */
 	struct lg_plugin_decl *plugins;
 	size_t n_plugins;

@@ -82,7 +82,9 @@ static const char *const postgres_bespoke_keys[] = { "connect_args", NULL };
  * struct lg_core_config, read in build_settings(). */
 static const struct lg_setting settings_table[] = {
 	{ "monitoring_postgres_enabled", LG_SETTING_BOOL, "true", 0, 0, 0,
-	  "Record each request's usage in PostgreSQL" },
+	  "Record each request's usage in PostgreSQL (the usage plugin's ledger)" },
+	{ "monitoring_prometheus_enabled", LG_SETTING_BOOL, "true", 0, 0, 0,
+	  "Serve GET /metrics (the usage plugin)" },
 };
 
 static int out_of_memory(const struct lg_core_config *cfg, char *err, size_t errlen)
@@ -571,6 +573,9 @@ static int build_settings(struct lg_core_config *cfg, char *err, size_t errlen)
 		return r;
 	if (lg_settings_bool(s, "monitoring_postgres_enabled", &cfg->monitoring_postgres_enabled))
 		r = internal_error("settings", "monitoring_postgres_enabled", err, errlen);
+	else if (lg_settings_bool(s, "monitoring_prometheus_enabled",
+				  &cfg->monitoring_prometheus_enabled))
+		r = internal_error("settings", "monitoring_prometheus_enabled", err, errlen);
 	lg_settings_free(s);
 	return r;
 }

@@ -346,6 +346,22 @@ static int h_db_stats(struct lg_plugin *self, struct lg_db_stats *out)
 	return 0;
 }
 
+/* The core settings plugins may read, by name (host.h). */
+static int h_core_setting_bool(struct lg_plugin *self, const char *name, bool *out)
+{
+	const struct lg_core_config *cfg = self->rt->cfg;
+
+	if (!name || !out)
+		return -EINVAL;
+	if (strcmp(name, "monitoring_postgres_enabled") == 0)
+		*out = cfg->monitoring_postgres_enabled;
+	else if (strcmp(name, "monitoring_prometheus_enabled") == 0)
+		*out = cfg->monitoring_prometheus_enabled;
+	else
+		return -ENOENT;
+	return 0;
+}
+
 static int h_db_query_sync(struct lg_plugin *self, const char *sql, int nparams,
 			   const char *const *params, PGresult **out, char *err, size_t errlen)
 {
@@ -914,4 +930,5 @@ const struct lg_host lg_host_api = {
 	.call_set_body = lg_forward_set_body,
 	.call_reply_member = lg_forward_reply_member,
 	.db_stats = h_db_stats,
+	.core_setting_bool = h_core_setting_bool,
 };

@@ -14,8 +14,8 @@
  * counted, an error is logged (at most every ALARM_EVERY_MS) and /ready
  * answers 503 until the journal shrinks.
  *
- * Setting enabled: false turns the ledger off (the plugin cannot read the
- * core's settings.monitoring_postgres_enabled; set both). The COMPLETE hook
+ * Setting enabled: false, or the core's settings.monitoring_postgres_enabled:
+ * false, turns the ledger off. The COMPLETE hook
  * also feeds GET /metrics (metrics.c); queries.c serves the usage API and
  * retention.c keeps the monthly partitions. */
 #include <errno.h>
@@ -54,7 +54,7 @@ struct flight {
 
 static const struct lg_setting usage_settings[] = {
 	{ "enabled", LG_SETTING_BOOL, "true", 0, 0, 0,
-	  "record usage in PostgreSQL; false mirrors settings.monitoring_postgres_enabled: false" },
+	  "record usage in PostgreSQL (settings.monitoring_postgres_enabled: false also turns it off)" },
 	{ "journal_dir", LG_SETTING_STRING, NULL, 1, 4096, 0,
 	  "directory of the journal that keeps records while PostgreSQL is unavailable "
 	  "(required when enabled)" },
@@ -81,7 +81,7 @@ static const struct lg_setting usage_settings[] = {
 	  "how often the next month's partition is created and retention applied (also "
 	  "once at start)" },
 	{ "metrics", LG_SETTING_BOOL, "true", 0, 0, 0,
-	  "serve GET /metrics; false mirrors settings.monitoring_prometheus_enabled: false" },
+	  "serve GET /metrics (settings.monitoring_prometheus_enabled: false also turns it off)" },
 };
 
 static uint64_t now_ms(void)
@@ -603,6 +603,22 @@ static void usage_stop(struct lg_plugin *self, const struct lg_host *host)
 	log_dropped(u, true);
 }
 
+/* The core's settings.monitoring_postgres_enabled and
+ * monitoring_prometheus_enabled (OpenGateLLM's switches) turn the ledger and
+ * the metrics off as the plugin's own enabled and metrics do. */
+static void obey_core_settings(struct usage *u)
+{
+	const struct lg_host *h = u->host;
+	bool on;
+
+	if (!LG_HOST_HAS(h, core_setting_bool) || !h->core_setting_bool)
+		return;
+	if (h->core_setting_bool(u->self, "monitoring_postgres_enabled", &on) == 0 && !on)
+		u->enabled = false;
+	if (h->core_setting_bool(u->self, "monitoring_prometheus_enabled", &on) == 0 && !on)
+		u->metrics_enabled = false;
+}
+
 static int read_settings(struct usage *u)
 {
 	const struct lg_host *h = u->host;
@@ -622,6 +638,7 @@ static int read_settings(struct usage *u)
 		h->set_error(u->self, "cannot read the settings");
 		return -EINVAL;
 	}
+	obey_core_settings(u);
 	u->batch_size = (size_t)batch;
 	u->queue_max = (size_t)qmax;
 	snprintf(u->lock_timeout_text, sizeof u->lock_timeout_text, "%" PRIu64,

@@ -269,6 +269,19 @@ class Metrics(unittest.TestCase):
             self.assertEqual(r.status, 200, r.body)
             wait_rows(self, self.pg, self.prefix, 1)
 
+    def test_core_setting_turns_metrics_off(self):
+        """OpenGateLLM's settings.monitoring_prometheus_enabled: false; the
+        ledger goes on."""
+        cfg = config(self.journal)
+        cfg["settings"] = {"monitoring_prometheus_enabled": False}
+        with self.gateway(cfg) as g:
+            self.assertEqual(g.request("GET", "/metrics", headers=AUTH).status, 404)
+            r = g.request("POST", CHAT, body={"model": "priced", "messages": [
+                {"role": "user", "content": "hi"}]},
+                headers=dict(AUTH, **{"X-Request-Id": self.prefix + "core-off"}))
+            self.assertEqual(r.status, 200, r.body)
+            wait_rows(self, self.pg, self.prefix, 1)
+
     def test_metrics_without_the_ledger(self):
         cfg = config(self.journal, enabled=False)
         del cfg["plugins"]["usage"]["journal_dir"]

@@ -422,6 +422,18 @@ class Fields(UsageCase):
             self.assertEqual(count(self.pg, self.prefix), 0)
             self.assert_clean_exit(g)
 
+    def test_core_setting_turns_the_ledger_off(self):
+        """OpenGateLLM's settings.monitoring_postgres_enabled: false, with
+        the plugin's own settings left alone (journal_dir then not needed)."""
+        cfg = config(self.journal)
+        del cfg["plugins"]["usage"]["journal_dir"]
+        cfg["settings"] = {"monitoring_postgres_enabled": False}
+        with self.gateway(cfg) as g:
+            self.assertEqual(chat(g, self.prefix + "core-off").status, 200)
+            time.sleep(1)
+            self.assertEqual(count(self.pg, self.prefix), 0)
+            self.assert_clean_exit(g)
+
     def test_journal_dir_required(self):
         cfg = config(self.journal)
         del cfg["plugins"]["usage"]["journal_dir"]

@@ -906,7 +906,7 @@ static void test_core_unknown_top_level(void **state)
 				  "plugins, dependencies, settings, models)");
 	expect_core_error_with_pg("settings:\n  app_title: x\n",
 				  "t.yml:5: settings.app_title: unknown key (known: "
-				  "monitoring_postgres_enabled)");
+				  "monitoring_postgres_enabled, monitoring_prometheus_enabled)");
 	expect_core_error_with_pg("settings:\n  monitoring_postgres_enabled: maybe\n",
 				  "t.yml:5: settings.monitoring_postgres_enabled: expected true or "
 				  "false (or yes/no, on/off), got 'maybe'");

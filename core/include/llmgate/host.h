@@ -308,6 +308,12 @@ struct lg_host {
 	 * lg_db_stats; set @out->size first). Thread: any. 0, or -EAGAIN
 	 * while the pool is not started, -EINVAL for a bad @out. */
 	int (*db_stats)(struct lg_plugin *self, struct lg_db_stats *out);
+	/** core_setting_bool() - a boolean of config.yml's core `settings:`
+	 * section, its default when absent: "monitoring_postgres_enabled",
+	 * "monitoring_prometheus_enabled". A plugin that does what such a
+	 * setting names obeys it. Thread: any. 0, or -ENOENT for a name the
+	 * core does not have. */
+	int (*core_setting_bool)(struct lg_plugin *self, const char *name, bool *out);
 
 	/* 1.3+ members go below, never above */
 };

@@ -24,7 +24,8 @@
  *        host->call_set_body(), host->call_reply_member() (PRE_UPSTREAM
  *        hooks rewrite the call and add to its reply);
  *        struct lg_call gains cost, kwh and kgco2eq.
- *   1.2  host->db_stats() (the PostgreSQL pool's state, for metrics).
+ *   1.2  host->db_stats() (the PostgreSQL pool's state, for metrics),
+ *        host->core_setting_bool() (the core's settings: section).
  */
 #ifndef LLMGATE_PLUGIN_H
 #define LLMGATE_PLUGIN_H
