@@ -10,6 +10,8 @@ packages="
   libcmocka-dev
   postgresql
   ca-certificates
+  dpkg-dev debhelper lintian
+  rpm docker-compose mandoc python3-seccomp
 "
 
 # The compatibility test drives llmgate with the official openai npm client.
