@@ -23,7 +23,7 @@
 
 #include "usage.h"
 
-#define RECORD_ID_BYTES 16
+#define RECORD_ID_BYTES 16      /* a thread's 8-byte prefix, then its counter */
 #define FIXED_MAX 1024          /* keys, punctuation, numbers, ids, the date */
 #define STACK_MAX 4096
 
@@ -186,12 +186,31 @@ static void put_now(struct out *o)
 	PUT_LIT(o, "Z\"");
 }
 
+/* Record ids must be unique, not secret: each thread draws a random 64-bit
+ * prefix once and counts after it (big-endian, so that one thread's ids
+ * grow and land side by side in the unique index). Drawing 16 random bytes
+ * per record was a getrandom() system call per request. */
+static _Thread_local struct {
+	unsigned char prefix[8];
+	uint64_t next;
+	bool seeded;
+} record_ids;
+
 static void put_record_id(struct out *o)
 {
 	unsigned char rid[RECORD_ID_BYTES];
 	char hex[RECORD_ID_BYTES * 2 + 1];
+	uint64_t n;
 
-	randombytes_buf(rid, sizeof rid);
+	if (!record_ids.seeded) {
+		randombytes_buf(record_ids.prefix, sizeof record_ids.prefix);
+		record_ids.next = 0;
+		record_ids.seeded = true;
+	}
+	n = record_ids.next++;
+	memcpy(rid, record_ids.prefix, sizeof record_ids.prefix);
+	for (int i = 7; i >= 0; i--, n >>= 8)
+		rid[8 + i] = (unsigned char)(n & 0xFF);
 	sodium_bin2hex(hex, sizeof hex, rid, sizeof rid);
 	o->p[o->n++] = '"';
 	put(o, hex, RECORD_ID_BYTES * 2);

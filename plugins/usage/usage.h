@@ -57,6 +57,8 @@ struct usage {
 	struct lg_timer *timer;
 	struct journal *journal;
 	struct flight *inflight;
+	char *batch_buf;                /* batch_param()'s, reused */
+	size_t batch_cap;
 	struct journal_batch replay;    /* the segment being replayed */
 	size_t replay_next;
 	bool replaying;

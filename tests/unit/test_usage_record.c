@@ -3,6 +3,7 @@
  * read back by a JSON parser, strings that PostgreSQL would refuse made safe,
  * numbers that read back as the same double. */
 #include <math.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -191,16 +192,50 @@ static void test_older_host(void **state)
 	json_decref(j);
 }
 
-static void test_record_ids_differ(void **state)
+static void record_id(char out[33])
 {
 	struct lg_call c = sample_call();
-	json_t *a = parse(usage_record_json(&c, "POST", NULL));
-	json_t *b = parse(usage_record_json(&c, "POST", NULL));
+	json_t *j = parse(usage_record_json(&c, "POST", NULL));
+
+	assert_int_equal(strlen(str(j, "record_id")), 32);
+	memcpy(out, str(j, "record_id"), 33);
+	json_decref(j);
+}
+
+static void *other_thread(void *arg)
+{
+	record_id(arg);
+	return NULL;
+}
+
+static int by_text(const void *a, const void *b)
+{
+	return strcmp(a, b);
+}
+
+/* Unique within a thread (its counter), and between threads (their random
+ * prefixes): ids are what make inserts idempotent. */
+static void test_record_ids_unique(void **state)
+{
+	enum { N = 5000 };
+	char (*ids)[33] = calloc(N, sizeof *ids);
+	char theirs[33];
+	pthread_t t;
 
 	(void)state;
-	assert_string_not_equal(str(a, "record_id"), str(b, "record_id"));
-	json_decref(a);
-	json_decref(b);
+	assert_non_null(ids);
+	for (size_t i = 0; i < N; i++)
+		record_id(ids[i]);
+	assert_int_equal(pthread_create(&t, NULL, other_thread, theirs), 0);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	/* One thread's ids share its prefix and grow. */
+	assert_memory_equal(ids[0], ids[N - 1], 16);
+	assert_true(strcmp(ids[0], ids[N - 1]) < 0);
+	assert_memory_not_equal(ids[0], theirs, 16);
+	qsort(ids, N, sizeof *ids, by_text);
+	for (size_t i = 1; i < N; i++)
+		assert_string_not_equal(ids[i - 1], ids[i]);
+	free(ids);
 }
 
 int main(void)
@@ -212,7 +247,7 @@ int main(void)
 		cmocka_unit_test(test_long_strings),
 		cmocka_unit_test(test_numbers),
 		cmocka_unit_test(test_older_host),
-		cmocka_unit_test(test_record_ids_differ),
+		cmocka_unit_test(test_record_ids_unique),
 	};
 
 	if (sodium_init() < 0)
