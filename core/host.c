@@ -336,6 +336,8 @@ static int h_db_stats(struct lg_plugin *self, struct lg_db_stats *out)
 
 	if (!out || out->size < sizeof out->size)
 		return -EINVAL;
+	if (atomic_load(&self->rt->closing))
+		return -ESHUTDOWN;      /* the pool may be going away */
 	if (!pg)
 		return -EAGAIN;
 	lg_pg_stats(pg, &now);

@@ -672,7 +672,7 @@ void lg_pg_stats(struct lg_pg *pg, struct lg_db_stats *out)
 		.errors = atomic_load(&pg->errors),
 		.unavailable = atomic_load(&pg->unavailable),
 		.reconnects = atomic_load(&pg->reconnects),
-		.healthy = atomic_load(&pg->healthy),
+		.healthy = atomic_load(&pg->healthy) ? 1 : 0,
 	};
 	for (int i = 0; i < pg->nworkers; i++) {
 		out->connected += atomic_load(&pg->workers[i].connected);

@@ -34,6 +34,7 @@
 
 #define TICK_MS_MAX 50          /* how often the timer looks at the queue */
 #define ALARM_EVERY_MS 10000    /* the most often "records are lost" is logged */
+#define BATCH_BUF_KEEP (4u << 20)       /* the largest batch text kept for the next */
 
 extern const struct lg_migration usage_migrations[];
 
@@ -210,6 +211,17 @@ static char *batch_param(struct usage *u, char *const *lines, size_t n)
 	buf[off++] = ']';
 	buf[off] = '\0';
 	return buf;
+}
+
+/* Once the host has copied the parameter: a buffer grown past what usual
+ * batches need (records with long error messages) is not kept. */
+static void batch_param_done(struct usage *u)
+{
+	if (u->batch_cap > BATCH_BUF_KEEP) {
+		free(u->batch_buf);
+		u->batch_buf = NULL;
+		u->batch_cap = 0;
+	}
 }
 
 static uint64_t queue_dropped(struct usage *u)
@@ -391,6 +403,7 @@ static int send_batch(struct usage *u, enum flight_source src, char **lines, siz
 		goto fail;
 	*f = (struct flight){ .u = u, .src = src, .lines = lines, .n = n };
 	rc = u->host->db_query(u->self, insert_sql, 2, params, on_inserted, f);
+	batch_param_done(u);
 	if (rc < 0)
 		goto fail;
 	u->inflight = f;
@@ -557,10 +570,12 @@ static void insert_sync(struct usage *u, char **lines, size_t n)
 
 	if (param && u->host->db_query_sync(u->self, insert_sql, 2, params, &res, err,
 					    sizeof err) == 0) {
+		batch_param_done(u);
 		note_db_up(u, res);
 		PQclear(res);
 		return;
 	}
+	batch_param_done(u);
 	note_db_down(u, err);
 	journal_or_lose(u, lines, n);
 }

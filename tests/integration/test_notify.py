@@ -98,7 +98,9 @@ class Notify(unittest.TestCase):
 
     def test_ready_reload_and_stopping(self):
         lst = self.listener()
-        g = self.gateway(lst.env_value)
+        # start() returns once llmgate listens, before /ready: READY=1 must
+        # not come before /ready says 200.
+        g = self.gateway(lst.env_value, ready=False)
         g.start()
         before = self.assert_ready_when_announced(lst, g)
         statuses = [m["STATUS"] for m in before if "STATUS" in m]

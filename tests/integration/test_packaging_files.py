@@ -280,12 +280,22 @@ class Sandbox:
         os.makedirs(self.state)
         shutil.chown(self.state, SANDBOX_USER, None)
         os.chmod(self.state, 0o750)
+        # The binary and the plugins are copied here, as a package installs
+        # them outside the directories the unit hides: the build tree may
+        # lie under /tmp, /root or /home.
+        binary = os.path.join(self.base, "llmgate")
+        shutil.copy(os.environ["LLMGATE_BIN"], binary)
+        os.chmod(binary, 0o755)
+        self.plugins = os.path.join(self.base, "plugins")
+        os.makedirs(self.plugins)
+        os.chmod(self.plugins, 0o755)
+        for so in glob.glob(os.path.join(common.PLUGIN_PATH, "*.so")):
+            shutil.copy(os.path.realpath(so), os.path.join(self.plugins, os.path.basename(so)))
         self.launcher = os.path.join(self.base, "llmgate-sandboxed")
         with open(self.launcher, "w") as f:
             f.write("#!/bin/sh\nexec unshare --mount --propagation private %s %s "
                     "--unit-sandbox %s -- %s \"$@\"\n"
-                    % (SYSTEM_PYTHON, os.path.abspath(__file__), self.state,
-                       os.environ["LLMGATE_BIN"]))
+                    % (SYSTEM_PYTHON, os.path.abspath(__file__), self.state, binary))
         os.chmod(self.launcher, 0o755)
 
     def tempdir(self):
@@ -524,7 +534,7 @@ class PackagedService(unittest.TestCase):
         tempfile.tempdir = self.sandbox.base
         try:
             g = lgtest.Gateway(config_text, binary=self.sandbox.launcher, env=dict(
-                {"LLMGATE_PLUGIN_PATH": common.PLUGIN_PATH, "LLMGATE_LISTEN": "127.0.0.1:0",
+                {"LLMGATE_PLUGIN_PATH": self.sandbox.plugins, "LLMGATE_LISTEN": "127.0.0.1:0",
                  "LLMGATE_DATABASE_URL": self.socket_url(), "MASTER_KEY": self.master,
                  "SECRET_KEY": random_key(),
                  "LLMGATE_JOURNAL_DIR": os.path.join(self.sandbox.state, "journal")},

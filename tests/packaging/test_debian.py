@@ -336,6 +336,21 @@ class DebianPackages(unittest.TestCase):
         def files(p):
             return [line.split()[-1] for line in run(["dpkg-deb", "-c", debs[p]]).splitlines()]
 
+        # The service's life across upgrade and remove, as the maintainer
+        # scripts will run it under systemd (not running here).
+        scripts = os.path.join(self.tmp, "control")
+        run(["dpkg-deb", "-e", debs["llmgate"], scripts])
+
+        def script(name):
+            path = os.path.join(scripts, name)
+            return open(path).read() if os.path.exists(path) else ""
+        self.assertIn("try-restart", script("postinst"), "a running service restarts on upgrade")
+        self.assertNotIn("deb-systemd-invoke stop", script("preinst"),
+                         "an upgrade must not stop the service before it")
+        self.assertRegex(script("prerm"), r'"\$1" = remove.*\n.*deb-systemd-invoke stop llmgate',
+                         "remove stops the service")
+        self.assertIn("deb-systemd-helper", script("postinst"), "the unit is enabled")
+
         core = files("llmgate")
         for path in ("./usr/bin/llmgate", "./etc/llmgate/config.yml",
                      "./lib/systemd/system/llmgate.service",

@@ -2,6 +2,7 @@
 /* The usage ledger's record writer (plugins/usage/record.c): every field
  * read back by a JSON parser, strings that PostgreSQL would refuse made safe,
  * numbers that read back as the same double. */
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -130,11 +131,25 @@ static void test_strings_made_safe(void **state)
 	json_decref(j);
 }
 
+/* The longest numbers there are: record.c's room for the fixed part
+ * (FIXED_MAX) must hold them; ASan sees any byte written past it. */
+static void worst_numbers(struct lg_call *c, struct lg_principal *who)
+{
+	c->status = INT32_MIN;
+	c->model_id = c->provider_id = INT64_MAX;
+	c->prompt_tokens = c->completion_tokens = c->total_tokens = INT64_MIN;
+	c->latency_ms = c->ttft_ms = -DBL_MAX;
+	c->ttft_ms = 1.2345678901234567e-300;
+	c->cost = c->kwh = c->kgco2eq = -2.2250738585072014e-308;
+	who->user_id = who->key_id = who->organization_id = INT64_MAX;
+}
+
 /* Past the stack buffer: a long error made of the worst case (control
- * characters, six bytes each). */
+ * characters, six bytes each), with the longest numbers. */
 static void test_long_strings(void **state)
 {
 	struct lg_call c = sample_call();
+	struct lg_principal who = { .user_name = "", .key_name = "" };
 	size_t n = 20000;
 	char *err = malloc(n + 1);
 	json_t *j;
@@ -144,11 +159,30 @@ static void test_long_strings(void **state)
 	memset(err, '\x02', n);
 	err[n] = '\0';
 	c.error = err;
-	j = parse(usage_record_json(&c, "POST", NULL));
+	worst_numbers(&c, &who);
+	j = parse(usage_record_json(&c, "POST", &who));
 	assert_int_equal(strlen(str(j, "error")), n);
 	assert_memory_equal(str(j, "error"), err, n);
 	json_decref(j);
 	free(err);
+}
+
+/* Without strings, the record is the fixed part alone: it must stay within
+ * record.c's FIXED_MAX (1024 bytes), which sizes the buffer. */
+static void test_fixed_part_fits(void **state)
+{
+	struct lg_call c = sample_call();
+	struct lg_principal who = { .user_name = NULL };
+	char *text;
+
+	(void)state;
+	c.request_id = c.endpoint = c.model_name = c.provider_type = c.provider_model = NULL;
+	c.error = NULL;
+	worst_numbers(&c, &who);
+	text = usage_record_json(&c, NULL, &who);
+	assert_non_null(text);
+	assert_true(strlen(text) + 1 <= 1024);
+	json_decref(parse(text));
 }
 
 static void test_numbers(void **state)
@@ -245,6 +279,7 @@ int main(void)
 		cmocka_unit_test(test_no_principal_no_ids),
 		cmocka_unit_test(test_strings_made_safe),
 		cmocka_unit_test(test_long_strings),
+		cmocka_unit_test(test_fixed_part_fits),
 		cmocka_unit_test(test_numbers),
 		cmocka_unit_test(test_older_host),
 		cmocka_unit_test(test_record_ids_unique),

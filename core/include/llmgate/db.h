@@ -9,7 +9,6 @@
 #ifndef LLMGATE_DB_H
 #define LLMGATE_DB_H
 
-#include <stdbool.h>
 #include <stdint.h>
 
 #include <libpq-fe.h>
@@ -45,7 +44,8 @@ typedef void (*lg_notify_fn)(const char *channel, const char *payload, void *arg
  * for a plugin that exports metrics. The caller sets @size to
  * sizeof(struct lg_db_stats); the host fills what both know.
  * @connections: the pool's size (dependencies.postgres.pool_size).
- * @connected:   connections open now.
+ * @connected:   connections not known to be broken (one the server closed
+ *               while it was idle counts until it is next used).
  * @busy:        connections running a statement now.
  * @queued:      statements waiting for a free connection.
  * @succeeded:   statements that succeeded since start.
@@ -53,19 +53,22 @@ typedef void (*lg_notify_fn)(const char *channel, const char *payload, void *arg
  * @unavailable: statements that failed for want of a connection (the
  *               server down, the connection lost).
  * @reconnects:  connections re-established after a failure.
- * @healthy:     whether the database answered recently (as /ready sees it).
+ * @healthy:     1 when the database answered recently (as /ready sees it).
+ * @reserved:    0. (No padding anywhere: @size alone says which members a
+ *               host filled, so members added later start past it.)
  */
 struct lg_db_stats {
 	uint32_t size;
 	uint32_t connections;
 	uint32_t connected;
 	uint32_t busy;
+	uint32_t healthy;
+	uint32_t reserved;
 	uint64_t queued;
 	uint64_t succeeded;
 	uint64_t errors;
 	uint64_t unavailable;
 	uint64_t reconnects;
-	bool healthy;
 };
 
 #ifdef __cplusplus
