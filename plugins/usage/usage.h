@@ -26,6 +26,7 @@
 
 struct usage_metrics;   /* metrics.c */
 struct flight;          /* usage.c: one INSERT on its way */
+struct producer;        /* usage.c: one worker's records on their way */
 
 /* The plugin's state: one per process, owned by the plugin (set_data).
  * Settings are read in init() and never change. Threads: the COMPLETE hook
@@ -46,11 +47,14 @@ struct usage {
 	size_t batch_size, queue_max;
 	char lock_timeout_text[24];     /* the SQL parameter: milliseconds */
 
-	/* filled by the COMPLETE hook on every worker */
-	pthread_mutex_t lock;
-	char **ring;
+	/* filled by the COMPLETE hook on every worker: each appends to a
+	 * producer of its own, the flusher moves their records to the ring */
+	pthread_mutex_t lock;           /* the ring, the producer list */
+	struct producer *producers;
+	char **ring;                    /* main thread's; read by metrics */
 	size_t head, count;
-	uint64_t dropped;               /* queue full */
+	atomic_size_t queued;           /* taken in, not yet out of the ring */
+	atomic_uint_fast64_t dropped;   /* queue full */
 	struct usage_metrics *metrics;
 
 	/* main thread only */
