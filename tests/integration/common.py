@@ -18,3 +18,29 @@ NOWHERE_DB = "postgresql://postgres:unused@127.0.0.1:1/postgres"
 def test_plugins_path():
     """Test plugins first, then the real ones."""
     return TEST_PLUGIN_DIR + ":" + PLUGIN_PATH
+
+
+def start_class_gateway(cls, cfg):
+    """cls.gw: a started gateway with the test plugins on cls.pg, for a
+    test class that also holds cls.up (a MockUpstream). If it cannot start,
+    cls.up and cls.pg are closed before the error goes on."""
+    import lgtest
+    cls.gw = lgtest.Gateway(cfg, pg=cls.pg, env={"LLMGATE_PLUGIN_PATH": test_plugins_path()})
+    try:
+        cls.gw.start()
+    except Exception:
+        cls.up.close()
+        cls.pg.destroy()
+        raise
+
+
+def stop_class_gateway(cls):
+    """Stops what start_class_gateway() set up, and asserts that the
+    gateway and the upstream exited cleanly (no crash, no sanitizer report)."""
+    cls.gw.stop()
+    log = cls.gw.log()
+    cls.gw.close()
+    rc = cls.up.close()
+    cls.pg.destroy()
+    assert cls.gw.returncode == 0, log[-4000:]
+    assert rc == 0, rc

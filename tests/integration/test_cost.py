@@ -84,24 +84,11 @@ class Cost(unittest.TestCase):
              "providers": [provider(cls.up, "up-embed", model_hosting_zone="FRA", **params)]},
         ]
         cfg = {"plugins": {"good": {}, "recorder": {}, "openai": {}}, "models": models}
-        cls.gw = lgtest.Gateway(cfg, pg=cls.pg,
-                                env={"LLMGATE_PLUGIN_PATH": common.test_plugins_path()})
-        try:
-            cls.gw.start()
-        except Exception:
-            cls.up.close()
-            cls.pg.destroy()
-            raise
+        common.start_class_gateway(cls, cfg)
 
     @classmethod
     def tearDownClass(cls):
-        cls.gw.stop()
-        log = cls.gw.log()
-        cls.gw.close()
-        rc = cls.up.close()
-        cls.pg.destroy()
-        assert cls.gw.returncode == 0, log[-4000:]
-        assert rc == 0, rc
+        common.stop_class_gateway(cls)
 
     def setUp(self):
         self.up.reset()

@@ -62,25 +62,11 @@ class HostCallsCase(unittest.TestCase):
         cfg = {"plugins": {"good": {}, "caller": {}, "mock": {}, "openai": {},
                            "recorder": {"pending_ms": 20, "deny_model": "m-denied"}},
                "models": models}
-        cls.gw = lgtest.Gateway(cfg, pg=cls.pg,
-                                env={"LLMGATE_PLUGIN_PATH": common.test_plugins_path()})
-        try:
-            cls.gw.start()
-        except Exception:
-            cls.up.close()
-            cls.pg.destroy()
-            raise
+        common.start_class_gateway(cls, cfg)
 
     @classmethod
     def tearDownClass(cls):
-        cls.gw.stop()
-        log = cls.gw.log()
-        cls.gw.close()
-        rc = cls.up.close()
-        cls.pg.destroy()
-        # No sanitizer report, no crash: the server exited cleanly.
-        assert cls.gw.returncode == 0, log[-4000:]
-        assert rc == 0, rc
+        common.stop_class_gateway(cls)
 
     def setUp(self):
         self.up.reset()
