@@ -6,14 +6,13 @@
 
 Starts a private PostgreSQL cluster, lets llmgate apply the usage plugin's
 migrations (`llmgate migrate`), then sends batches of records in the shape the
-usage plugin writes through the very statement it uses
-(usage_insert_batch), from one connection, as the plugin's flusher does, and
-prints rows per second. The gateway's own cost per record (building it,
+usage plugin writes, the way it sends them (one transaction per batch: the
+batch's claim, usage_claim_batch(), then COPY FROM STDIN in text format), from
+one connection, as the plugin's flusher does, and prints rows per second. The gateway's own cost per record (building it,
 queueing it) is measured by `bench/run.sh --with usage`; this is the
 database side: how fast a backlog (a replayed journal) drains.
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -26,6 +25,14 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
 
 import lgtest                    # noqa: E402
 from pgcluster import PgCluster  # noqa: E402
+
+
+# The columns of the plugin's COPY (usage_copy_sql in plugins/usage/record.c).
+COLUMNS = ("record_id", "request_id", "created", "endpoint", "method", "status", "user_id",
+           "key_id", "organization_id", "user_name", "key_name", "model_id", "model_name",
+           "provider_id", "provider_type", "provider_model", "prompt_tokens",
+           "completion_tokens", "total_tokens", "usage_estimated", "latency_ms", "ttft_ms",
+           "cost", "kwh", "kgco2eq", "client_gone", "error")
 
 
 def record(i):
@@ -41,6 +48,24 @@ def record(i):
         "cost": 0.000123, "kwh": 1.5e-6, "kgco2eq": 8.9e-7, "client_gone": False,
         "error": None,
     }
+
+
+def copy_line(rec):
+    """@rec as a line of COPY's text format (the values here need no escape)."""
+    out = []
+    for c in COLUMNS:
+        v = rec[c]
+        out.append("\\N" if v is None else ("t" if v else "f") if isinstance(v, bool)
+                   else str(v))
+    return "\t".join(out) + "\n"
+
+
+def batch_sql(records):
+    """One batch as the plugin sends it: its claim, then its COPY."""
+    return ("BEGIN;\nSELECT usage_claim_batch('%s', %d, '1s');\n"
+            "COPY usage (%s) FROM STDIN;\n%s\\.\nCOMMIT;\n"
+            % (uuid.uuid4().hex, len(records), ", ".join(COLUMNS),
+               "".join(copy_line(r) for r in records)))
 
 
 def main():
@@ -65,9 +90,8 @@ def main():
         script = os.path.join(work, "batches.sql")
         with open(script, "w") as f:
             for start in range(0, args.rows, args.batch):
-                batch = [record(i) for i in range(start, min(start + args.batch, args.rows))]
-                text = json.dumps(batch).replace("'", "''")
-                f.write("SELECT usage_insert_batch('%s'::json, '1s');\n" % text)
+                f.write(batch_sql([record(i) for i in
+                                   range(start, min(start + args.batch, args.rows))]))
         env = dict(os.environ, PGPASSWORD=pg.password)
         t0 = time.monotonic()
         subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres",

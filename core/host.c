@@ -393,6 +393,65 @@ static int h_db_query_sync(struct lg_plugin *self, const char *sql, int nparams,
 	return *out ? 0 : -EIO;
 }
 
+/* @copy as of ABI 1.3 (a later plugin's is longer: its new members are
+ * not read). */
+static bool valid_copy(const struct lg_db_copy *copy)
+{
+	if (!copy || copy->size < sizeof *copy || !copy->copy_sql || copy->nparams < 0)
+		return false;
+	if (copy->nparams > 0 && (!copy->params || !copy->claim_sql))
+		return false;
+	return copy->len == 0 || copy->data;
+}
+
+static int h_db_copy(struct lg_plugin *self, const struct lg_db_copy *copy, lg_db_fn cb,
+		     void *arg)
+{
+	struct lg_pg *pg = atomic_load(&self->rt->pg);
+	struct lg_loop *loop = lg_loop_current();
+
+	if (!valid_copy(copy) || !cb || !loop)
+		return -EINVAL;
+	if (atomic_load(&self->rt->closing))
+		return -ESHUTDOWN;
+	if (!pg)
+		return -EAGAIN;
+	return lg_pg_copy(pg, loop, copy, cb, arg);
+}
+
+static int h_db_copy_sync(struct lg_plugin *self, const struct lg_db_copy *copy,
+			  PGresult **out, char *err, size_t errlen)
+{
+	struct lg_pg *pg = atomic_load(&self->rt->pg);
+	char local[256];
+
+	*out = NULL;
+	if (!err || errlen == 0) {
+		err = local;
+		errlen = sizeof local;
+	}
+	/* A worker that blocks on the database stalls every request it holds. */
+	if (lg_loop_current() && lg_loop_current() != self->rt->main_loop) {
+		snprintf(err, errlen, "db_copy_sync on a worker: use db_copy");
+		lg_error(self->name, "db_copy_sync called on a worker: refused, use db_copy");
+		return -EPERM;
+	}
+	if (!valid_copy(copy)) {
+		snprintf(err, errlen, "invalid bulk load");
+		return -EINVAL;
+	}
+	if (atomic_load(&self->rt->closing)) {
+		snprintf(err, errlen, "llmgate is shutting down");
+		return -ESHUTDOWN;
+	}
+	if (!pg) {
+		snprintf(err, errlen, "the database is not connected yet (use it from start())");
+		return -EAGAIN;
+	}
+	*out = lg_pg_copy_sync(pg, copy, err, errlen);
+	return *out ? 0 : -EIO;
+}
+
 /* ---- the request: reading ---- */
 
 /* A request whose connection was closed by force at shutdown while one of
@@ -933,4 +992,6 @@ const struct lg_host lg_host_api = {
 	.call_reply_member = lg_forward_reply_member,
 	.db_stats = h_db_stats,
 	.core_setting_bool = h_core_setting_bool,
+	.db_copy = h_db_copy,
+	.db_copy_sync = h_db_copy_sync,
 };

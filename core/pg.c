@@ -10,6 +10,10 @@
  * while a reset is backing off queries fail at once, so nothing waits for
  * the database to come back.
  *
+ * lg_pg_copy() is a bulk load: BEGIN, an optional claim, COPY FROM STDIN
+ * with the rows, COMMIT, all on one connection; a load that fails at any
+ * step is rolled back there and then, and fails as a query would.
+ *
  * lg_pg_query_sync() goes through the same queue and waits for its answer:
  * it shares the pool's connections, its reconnects and its bounded failure
  * time, and needs no connection of its own.
@@ -555,10 +559,14 @@ struct pg_sync_wait {
 };
 
 /* One query from submission to callback. One allocation: the struct, then
- * the strings of @sql and the parameters. */
+ * the strings of @sql and the parameters, then for a bulk load the COPY
+ * statement and its rows. */
 struct pg_query {
 	struct pg_query *next;
-	const char *sql;
+	const char *sql;              /* the statement, or a load's claim (NULL: none) */
+	const char *copy_sql;         /* a load's COPY ... FROM STDIN; NULL: not a load */
+	const char *data;             /* a load's rows */
+	size_t len;
 	struct lg_loop *reply_to;     /* async: where @cb runs */
 	lg_pg_fn cb;
 	void *arg;
@@ -570,35 +578,63 @@ struct pg_query {
 	const char *params[];
 };
 
-static struct pg_query *query_new(const char *sql, int nparams, const char *const *params)
+/* The bytes query_new() allocates; 0 when they do not fit a size_t. */
+static size_t query_size(const char *sql, int nparams, const char *const *params,
+			 const struct lg_db_copy *load)
 {
 	size_t size = sizeof(struct pg_query) + (size_t)nparams * sizeof(char *);
-	size_t sql_len = strlen(sql) + 1;
-	struct pg_query *q;
-	char *p;
 
-	size += sql_len;
+	if (sql)
+		size += strlen(sql) + 1;
 	for (int i = 0; i < nparams; i++)
 		if (params[i])
 			size += strlen(params[i]) + 1;
-	q = calloc(1, size);
+	if (!load)
+		return size;
+	size += strlen(load->copy_sql) + 1;
+	return load->len > SIZE_MAX - size ? 0 : size + load->len;
+}
+
+/* Copies @n bytes to *@p and moves *@p past them; where they went. */
+static const char *put_bytes(char **p, const void *src, size_t n)
+{
+	const char *at = *p;
+
+	if (n)
+		memcpy(*p, src, n);
+	*p += n;
+	return at;
+}
+
+static const char *put_str(char **p, const char *s)
+{
+	return put_bytes(p, s, strlen(s) + 1);
+}
+
+/* A query owning copies of @sql (NULL for a load without a claim), its
+ * parameters and, for a bulk load (@load not NULL), the COPY statement and
+ * the rows. */
+static struct pg_query *query_new(const char *sql, int nparams, const char *const *params,
+				  const struct lg_db_copy *load)
+{
+	size_t size = query_size(sql, nparams, params, load);
+	struct pg_query *q;
+	char *p;
+
+	q = size ? calloc(1, size) : NULL;
 	if (!q)
 		return NULL;
 	p = (char *)&q->params[nparams];
-	memcpy(p, sql, sql_len);
-	q->sql = p;
-	p += sql_len;
-	for (int i = 0; i < nparams; i++) {
-		size_t len;
-
-		if (!params[i])
-			continue;     /* SQL NULL */
-		len = strlen(params[i]) + 1;
-		memcpy(p, params[i], len);
-		q->params[i] = p;
-		p += len;
-	}
+	q->sql = sql ? put_str(&p, sql) : NULL;
+	for (int i = 0; i < nparams; i++)
+		if (params[i])      /* else SQL NULL */
+			q->params[i] = put_str(&p, params[i]);
 	q->nparams = nparams;
+	if (load) {
+		q->copy_sql = put_str(&p, load->copy_sql);
+		q->data = put_bytes(&p, load->data, load->len);
+		q->len = load->len;
+	}
 	return q;
 }
 
@@ -728,52 +764,245 @@ static bool worker_connection_ready(struct pg_worker *w)
 	return worker_reset(w);
 }
 
+static void statement_succeeded(struct lg_pg *pg)
+{
+	atomic_store(&pg->healthy, true);
+	atomic_fetch_add(&pg->succeeded, 1);
+}
+
+/* The connection broke under a statement. Not retried: the statement may
+ * have run. The next query (or the idle thread) resets the connection at
+ * once. */
+static void connection_lost(struct pg_worker *w, struct pg_query *q)
+{
+	struct lg_pg *pg = w->pg;
+
+	clean_message(w->last_error, sizeof w->last_error, PQerrorMessage(w->conn), &pg->target);
+	w->next_reset_ms = 0;
+	atomic_store(&w->connected, false);
+	atomic_store(&pg->healthy, false);
+	atomic_fetch_add(&pg->unavailable, 1);
+	lg_warn(LOG_COMP, "pool connection %d to %s lost: %s", w->index, pg->target.where,
+		w->last_error);
+	query_fail(q, "database connection lost: %s", w->last_error);
+}
+
+/* What a refused statement's result says. Only the primary message:
+ * DETAIL and CONTEXT may quote parameter values or rows. @why stands in for
+ * a result that has the wrong status but no error. */
+static const char *refusal_message(PGconn *conn, const PGresult *res, const char *why)
+{
+	const char *primary;
+
+	if (!res)
+		return PQerrorMessage(conn);
+	if (PQresultStatus(res) == PGRES_EMPTY_QUERY)
+		return "empty query";
+	primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+	if (primary)
+		return primary;
+	if (*PQresultErrorMessage(res))
+		return PQresultErrorMessage(res);
+	return why ? why : PQresStatus(PQresultStatus(res));
+}
+
+/* A statement failed with @res (NULL: libpq made none; may be @q->res,
+ * which this frees): an outage if the connection is gone, else the server
+ * refused it, which is a statement error and not an outage. */
+static void statement_failed(struct pg_worker *w, struct pg_query *q, const PGresult *res,
+			     const char *why)
+{
+	struct lg_pg *pg = w->pg;
+	char msg[512];
+
+	if (PQstatus(w->conn) != CONNECTION_OK) {
+		connection_lost(w, q);
+		return;
+	}
+	atomic_store(&pg->healthy, true);
+	atomic_fetch_add(&pg->errors, 1);
+	clean_message(msg, sizeof msg, refusal_message(w->conn, res, why), &pg->target);
+	query_fail(q, "%s", msg);
+}
+
+static void run_statement(struct pg_worker *w, struct pg_query *q)
+{
+	ExecStatusType st;
+
+	q->res = PQexecParams(w->conn, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0);
+	st = q->res ? PQresultStatus(q->res) : PGRES_FATAL_ERROR;
+	if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+		statement_succeeded(w->pg);
+		return;
+	}
+	statement_failed(w, q, q->res, NULL);
+}
+
+/* ---- bulk loads: BEGIN, the claim, COPY FROM STDIN, COMMIT ---- */
+
+#define COPY_CHUNK (1 << 20)   /* bytes per CopyData message */
+
+/* Ends a failed load's transaction without the warning of
+ * end_stray_transaction(), which is for a query's own mistakes. ROLLBACK
+ * also ends a COPY still in progress (libpq sends CopyFail first). */
+static void rollback_quietly(struct pg_worker *w)
+{
+	PGTransactionStatusType ts = PQtransactionStatus(w->conn);
+	PGresult *res;
+
+	if (PQstatus(w->conn) != CONNECTION_OK || ts == PQTRANS_IDLE || ts == PQTRANS_UNKNOWN)
+		return;
+	res = PQexec(w->conn, "ROLLBACK");
+	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+		lg_debug(LOG_COMP, "ROLLBACK of a failed load on pool connection %d failed: %s",
+			 w->index, PQresultErrorMessage(res));
+	PQclear(res);
+}
+
+/* A step of a load failed with @res (freed here): the load fails and its
+ * transaction is rolled back. The message is taken first: ROLLBACK
+ * replaces the connection's. */
+static void load_failed(struct pg_worker *w, struct pg_query *q, PGresult *res, const char *why)
+{
+	statement_failed(w, q, res, why);
+	PQclear(res);
+	rollback_quietly(w);
+}
+
+/* Whether a step's @res has status @want; if not, the load has failed and
+ * @res is freed. */
+static bool load_step(struct pg_worker *w, struct pg_query *q, PGresult *res,
+		      ExecStatusType want, const char *why)
+{
+	if (res && PQresultStatus(res) == want)
+		return true;
+	load_failed(w, q, res, why);
+	return false;
+}
+
+static bool load_begin(struct pg_worker *w, struct pg_query *q)
+{
+	PGresult *res = PQexec(w->conn, "BEGIN");
+
+	if (!load_step(w, q, res, PGRES_COMMAND_OK, NULL))
+		return false;
+	PQclear(res);
+	return true;
+}
+
+/* Runs the claim, if any. *@skip: its result when it returned no row (the
+ * batch was loaded before: no COPY), else NULL. A claim must return rows
+ * (RETURNING): one that cannot would skip every load. */
+static bool load_claim(struct pg_worker *w, struct pg_query *q, PGresult **skip)
+{
+	PGresult *res;
+
+	*skip = NULL;
+	if (!q->sql)
+		return true;
+	res = PQexecParams(w->conn, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0);
+	if (!load_step(w, q, res, PGRES_TUPLES_OK, "the claim returns no rows (no RETURNING?)"))
+		return false;
+	if (PQntuples(res) == 0)
+		*skip = res;
+	else
+		PQclear(res);
+	return true;
+}
+
+/* Sends the rows and ends the COPY. On a blocking connection these only
+ * fail when the connection does; an error of the server (a bad row) comes
+ * with the COPY's result. */
+static bool send_rows(PGconn *conn, const char *data, size_t len)
+{
+	while (len > 0) {
+		int n = len < COPY_CHUNK ? (int)len : COPY_CHUNK;
+
+		if (PQputCopyData(conn, data, n) != 1)
+			return false;
+		data += n;
+		len -= (size_t)n;
+	}
+	return PQputCopyEnd(conn, NULL) == 1;
+}
+
+/* The COPY's result, the rest drained so that the connection can take the
+ * next statement. */
+static PGresult *copy_result(PGconn *conn)
+{
+	PGresult *res = PQgetResult(conn), *more;
+
+	while ((more = PQgetResult(conn)))
+		PQclear(more);
+	return res;
+}
+
+/* COPY FROM STDIN with the load's rows: its result, or NULL when the load
+ * failed. */
+static PGresult *load_copy(struct pg_worker *w, struct pg_query *q)
+{
+	PGresult *res = PQexecParams(w->conn, q->copy_sql, 0, NULL, NULL, NULL, NULL, 0);
+
+	if (!load_step(w, q, res, PGRES_COPY_IN, "not a COPY ... FROM STDIN statement"))
+		return NULL;
+	PQclear(res);
+	if (!send_rows(w->conn, q->data, q->len)) {
+		load_failed(w, q, NULL, NULL);
+		return NULL;
+	}
+	res = copy_result(w->conn);
+	if (!load_step(w, q, res, PGRES_COMMAND_OK, NULL))
+		return NULL;
+	return res;
+}
+
+/* COMMIT answers "ROLLBACK", without an error, for a transaction that had
+ * failed: that is a failure too. */
+static bool load_commit(struct pg_worker *w, struct pg_query *q)
+{
+	PGresult *res = PQexec(w->conn, "COMMIT");
+
+	if (!load_step(w, q, res, PGRES_COMMAND_OK, NULL))
+		return false;
+	if (strcmp(PQcmdStatus(res), "COMMIT") != 0) {
+		load_failed(w, q, res, "the transaction was rolled back");
+		return false;
+	}
+	PQclear(res);
+	return true;
+}
+
+/* One transaction: the claim, then the COPY unless the claim returned no
+ * row. Delivers the COPY's result (or the claim's); one success counted. */
+static void run_load(struct pg_worker *w, struct pg_query *q)
+{
+	PGresult *res;
+
+	if (!load_begin(w, q) || !load_claim(w, q, &res))
+		return;
+	if (!res && !(res = load_copy(w, q)))
+		return;
+	if (!load_commit(w, q)) {
+		PQclear(res);
+		return;
+	}
+	statement_succeeded(w->pg);
+	q->res = res;
+}
+
 static void run_query(struct pg_worker *w, struct pg_query *q)
 {
 	struct lg_pg *pg = w->pg;
-	ExecStatusType st;
-	const char *primary;
-	char msg[512];
 
 	if (!worker_connection_ready(w)) {
 		atomic_fetch_add(&pg->unavailable, 1);
 		query_fail(q, "database unavailable (%s): %s", pg->target.where, w->last_error);
 		return;
 	}
-	q->res = PQexecParams(w->conn, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0);
-	st = q->res ? PQresultStatus(q->res) : PGRES_FATAL_ERROR;
-	if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
-		atomic_store(&pg->healthy, true);
-		atomic_fetch_add(&pg->succeeded, 1);
-		return;
-	}
-	if (PQstatus(w->conn) != CONNECTION_OK) {
-		/* Not retried: the statement may have run. The next query (or the
-		 * idle thread) resets the connection at once. */
-		clean_message(w->last_error, sizeof w->last_error, PQerrorMessage(w->conn),
-			      &pg->target);
-		w->next_reset_ms = 0;
-		atomic_store(&w->connected, false);
-		atomic_store(&pg->healthy, false);
-		atomic_fetch_add(&pg->unavailable, 1);
-		lg_warn(LOG_COMP, "pool connection %d to %s lost: %s", w->index, pg->target.where,
-			w->last_error);
-		query_fail(q, "database connection lost: %s", w->last_error);
-		return;
-	}
-	/* The server answered: a statement error, not an outage. Only the
-	 * primary message: DETAIL may quote parameter values. */
-	atomic_store(&pg->healthy, true);
-	atomic_fetch_add(&pg->errors, 1);
-	primary = q->res ? PQresultErrorField(q->res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-	if (st == PGRES_EMPTY_QUERY)
-		primary = "empty query";
-	else if (!primary && q->res && *PQresultErrorMessage(q->res))
-		primary = PQresultErrorMessage(q->res);
-	else if (!primary)
-		primary = PQresStatus(st);
-	clean_message(msg, sizeof msg, primary, &pg->target);
-	query_fail(q, "%s", msg);
+	if (q->copy_sql)
+		run_load(w, q);
+	else
+		run_statement(w, q);
 }
 
 /* Pool connections are shared by unrelated queries: a transaction left
@@ -891,17 +1120,22 @@ static bool valid_query(const char *sql, int nparams, const char *const *params)
 	return sql && nparams >= 0 && nparams <= MAX_PARAMS && (nparams == 0 || params);
 }
 
-int lg_pg_query(struct lg_pg *pg, struct lg_loop *reply_to, const char *sql, int nparams,
-		const char *const *params, lg_pg_fn cb, void *arg)
+/* @copy as of ABI 1.3; params only with a claim, rows only with a length. */
+static bool valid_copy(const struct lg_db_copy *copy)
 {
-	struct pg_query *q;
+	if (!copy || copy->size < sizeof *copy || !copy->copy_sql || (copy->len && !copy->data))
+		return false;
+	if (!copy->claim_sql)
+		return copy->nparams == 0;
+	return valid_query(copy->claim_sql, copy->nparams, copy->params);
+}
+
+/* Queues @q (taken: freed here on error) to be answered on @reply_to. */
+static int submit(struct lg_pg *pg, struct pg_query *q, struct lg_loop *reply_to, lg_pg_fn cb,
+		  void *arg)
+{
 	int r;
 
-	if (!pg || !reply_to || !cb || !valid_query(sql, nparams, params))
-		return -EINVAL;
-	q = query_new(sql, nparams, params);
-	if (!q)
-		return -ENOMEM;
 	q->reply_to = reply_to;
 	q->cb = cb;
 	q->arg = arg;
@@ -911,22 +1145,40 @@ int lg_pg_query(struct lg_pg *pg, struct lg_loop *reply_to, const char *sql, int
 	return r;
 }
 
-PGresult *lg_pg_query_sync(struct lg_pg *pg, const char *sql, int nparams,
-			   const char *const *params, char *err, size_t errlen)
+int lg_pg_query(struct lg_pg *pg, struct lg_loop *reply_to, const char *sql, int nparams,
+		const char *const *params, lg_pg_fn cb, void *arg)
+{
+	struct pg_query *q;
+
+	if (!pg || !reply_to || !cb || !valid_query(sql, nparams, params))
+		return -EINVAL;
+	q = query_new(sql, nparams, params, NULL);
+	if (!q)
+		return -ENOMEM;
+	return submit(pg, q, reply_to, cb, arg);
+}
+
+int lg_pg_copy(struct lg_pg *pg, struct lg_loop *reply_to, const struct lg_db_copy *copy,
+	       lg_pg_fn cb, void *arg)
+{
+	struct pg_query *q;
+
+	if (!pg || !reply_to || !cb || !valid_copy(copy))
+		return -EINVAL;
+	q = query_new(copy->claim_sql, copy->nparams, copy->params, copy);
+	if (!q)
+		return -ENOMEM;
+	return submit(pg, q, reply_to, cb, arg);
+}
+
+/* Queues @q (taken: always freed here) and waits for its outcome: the
+ * result, or NULL with @err set. */
+static PGresult *submit_and_wait(struct lg_pg *pg, struct pg_query *q, char *err,
+				 size_t errlen)
 {
 	struct pg_sync_wait wait = { .done = false };
-	struct pg_query *q;
 	PGresult *res = NULL;
 
-	if (!pg || !valid_query(sql, nparams, params)) {
-		lg_errf(err, errlen, "invalid query");
-		return NULL;
-	}
-	q = query_new(sql, nparams, params);
-	if (!q) {
-		lg_errf(err, errlen, "out of memory");
-		return NULL;
-	}
 	if (pthread_cond_init(&wait.cond, NULL) != 0) {
 		lg_errf(err, errlen, "cannot create a condition variable");
 		query_free(q);
@@ -951,6 +1203,40 @@ cleanup:
 	query_free(q);
 	pthread_cond_destroy(&wait.cond);
 	return res;
+}
+
+PGresult *lg_pg_query_sync(struct lg_pg *pg, const char *sql, int nparams,
+			   const char *const *params, char *err, size_t errlen)
+{
+	struct pg_query *q;
+
+	if (!pg || !valid_query(sql, nparams, params)) {
+		lg_errf(err, errlen, "invalid query");
+		return NULL;
+	}
+	q = query_new(sql, nparams, params, NULL);
+	if (!q) {
+		lg_errf(err, errlen, "out of memory");
+		return NULL;
+	}
+	return submit_and_wait(pg, q, err, errlen);
+}
+
+PGresult *lg_pg_copy_sync(struct lg_pg *pg, const struct lg_db_copy *copy, char *err,
+			  size_t errlen)
+{
+	struct pg_query *q;
+
+	if (!pg || !valid_copy(copy)) {
+		lg_errf(err, errlen, "invalid bulk load");
+		return NULL;
+	}
+	q = query_new(copy->claim_sql, copy->nparams, copy->params, copy);
+	if (!q) {
+		lg_errf(err, errlen, "out of memory");
+		return NULL;
+	}
+	return submit_and_wait(pg, q, err, errlen);
 }
 
 /* ---- LISTEN ---- */

@@ -51,6 +51,17 @@ typedef void (*lg_pg_fn)(const PGresult *res, const char *error, void *arg);
 int lg_pg_query(struct lg_pg *pg, struct lg_loop *reply_to, const char *sql, int nparams,
 		const char *const *params, lg_pg_fn cb, void *arg);
 
+/* Queues a bulk load (struct lg_db_copy of the SDK: a claim, then COPY
+ * FROM STDIN with its data, in one transaction); @cb runs on @reply_to
+ * with the COPY's result, or the claim's when it returned no row and the
+ * COPY was skipped. Copies everything @copy points to. Thread: any. */
+int lg_pg_copy(struct lg_pg *pg, struct lg_loop *reply_to, const struct lg_db_copy *copy,
+	       lg_pg_fn cb, void *arg);
+
+/* The same, blocking (as lg_pg_query_sync()). */
+PGresult *lg_pg_copy_sync(struct lg_pg *pg, const struct lg_db_copy *copy, char *err,
+			  size_t errlen);
+
 /* Blocking query on a pool connection. The result is the caller's
  * (PQclear); NULL on error with @err set. Thread: main or work pool, never
  * a worker. */

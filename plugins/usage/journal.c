@@ -17,7 +17,8 @@
 #define HASH_BYTES 16
 #define HASH_HEX (HASH_BYTES * 2)
 #define SEG_PREFIX "usage-"
-#define SEG_SUFFIX ".jsonl"
+#define SEG_SUFFIX ".journal"
+#define OLD_SUFFIX ".jsonl"     /* segments of llmgate 0.2: JSON records */
 #define SEG_NAME_MAX 64
 
 struct journal {
@@ -33,9 +34,16 @@ struct journal {
 	uint64_t next_seq;
 };
 
-static void seg_name(char *buf, size_t len, uint64_t seq)
+struct seg_name {
+	char s[SEG_NAME_MAX];
+};
+
+static struct seg_name seg_name_of(uint64_t seq)
 {
-	snprintf(buf, len, SEG_PREFIX "%020" PRIu64 SEG_SUFFIX, seq);
+	struct seg_name n;
+
+	snprintf(n.s, sizeof n.s, SEG_PREFIX "%020" PRIu64 SEG_SUFFIX, seq);
+	return n;
 }
 
 static int seg_push(struct journal *j, uint64_t seq, uint64_t size)
@@ -88,31 +96,94 @@ static int sort_segments(struct journal *j)
 	return 0;
 }
 
-static bool parse_seg_name(const char *name, uint64_t *seq)
+static bool parse_seg_name(const char *name, const char *suffix, uint64_t *seq)
 {
-	size_t len = strlen(name), plen = strlen(SEG_PREFIX), slen = strlen(SEG_SUFFIX);
+	size_t len = strlen(name), plen = strlen(SEG_PREFIX), slen = strlen(suffix);
 	char *end;
 
 	if (len <= plen + slen || strncmp(name, SEG_PREFIX, plen) != 0 ||
-	    strcmp(name + len - slen, SEG_SUFFIX) != 0)
+	    strcmp(name + len - slen, suffix) != 0)
 		return false;
 	errno = 0;
 	*seq = strtoull(name + plen, &end, 10);
 	return errno == 0 && end == name + len - slen;
 }
 
-static int scan_segments(struct journal *j)
+/* The directory's entries from the start: a dup of dir_fd shares its
+ * offset with the reads before. Ownership: the caller's (closedir()). */
+static DIR *open_dir(struct journal *j)
 {
-	DIR *d = fdopendir(dup(j->dir_fd));
+	int fd = dup(j->dir_fd);
+	DIR *d;
+
+	if (fd < 0)
+		return NULL;
+	d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return NULL;
+	}
+	rewinddir(d);
+	return d;
+}
+
+/* Segments of llmgate 0.2 take today's name (renamed once the directory
+ * has been read: never while reading it): their lines are checked and
+ * replayed the same way, and read for what they are (journal.h). */
+static int rename_old_segments(struct journal *j)
+{
+	DIR *d = open_dir(j);
 	struct dirent *e;
-	struct stat st;
-	uint64_t seq;
+	uint64_t seq, *old = NULL, *grown;
+	size_t n = 0, cap = 0;
 	int rc = 0;
 
 	if (!d)
 		return -errno;
+	while (rc == 0 && (e = readdir(d))) {
+		if (!parse_seg_name(e->d_name, OLD_SUFFIX, &seq))
+			continue;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 16;
+			grown = realloc(old, cap * sizeof *old);
+			if (!grown) {
+				rc = -ENOMEM;
+				break;
+			}
+			old = grown;
+		}
+		old[n++] = seq;
+	}
+	closedir(d);
+	for (size_t i = 0; rc == 0 && i < n; i++) {
+		char name[SEG_NAME_MAX];
+
+		snprintf(name, sizeof name, SEG_PREFIX "%020" PRIu64 OLD_SUFFIX, old[i]);
+		if (renameat2(j->dir_fd, name, j->dir_fd, seg_name_of(old[i]).s,
+			      RENAME_NOREPLACE) < 0)
+			rc = -errno;
+	}
+	if (rc == 0 && n > 0 && fsync(j->dir_fd) < 0)
+		rc = -errno;
+	free(old);
+	return rc;
+}
+
+static int scan_segments(struct journal *j)
+{
+	DIR *d;
+	struct dirent *e;
+	struct stat st;
+	uint64_t seq;
+	int rc = rename_old_segments(j);
+
+	if (rc < 0)
+		return rc;
+	d = open_dir(j);
+	if (!d)
+		return -errno;
 	while ((e = readdir(d))) {
-		if (!parse_seg_name(e->d_name, &seq))
+		if (!parse_seg_name(e->d_name, SEG_SUFFIX, &seq))
 			continue;
 		if (fstatat(j->dir_fd, e->d_name, &st, 0) < 0) {
 			rc = -errno;
@@ -167,18 +238,17 @@ fail:
 
 static int open_new_segment(struct journal *j)
 {
-	char name[SEG_NAME_MAX];
+	struct seg_name name = seg_name_of(j->next_seq);
 	int rc;
 
-	seg_name(name, sizeof name, j->next_seq);
-	j->fd = openat(j->dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
+	j->fd = openat(j->dir_fd, name.s, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
 	if (j->fd < 0)
 		return -errno;
 	rc = seg_push(j, j->next_seq, 0);
 	if (rc < 0) {
 		close(j->fd);
 		j->fd = -1;
-		unlinkat(j->dir_fd, name, 0);
+		unlinkat(j->dir_fd, name.s, 0);
 		return rc;
 	}
 	j->next_seq++;
@@ -233,31 +303,32 @@ static void hash_hex(const char *text, size_t len, char hex[HASH_HEX + 1])
 }
 
 /* One buffer per batch, so a batch is one write and one fsync. */
-static char *format_lines(char *const *lines, size_t n, size_t *len)
+static char *format_lines(const char *prefix, char *const *lines, size_t n, size_t *len)
 {
-	size_t total = 0, off = 0;
+	size_t plen = strlen(prefix), total = 0, off = 0;
 	char *buf;
 
 	for (size_t i = 0; i < n; i++)
-		total += HASH_HEX + 2 + strlen(lines[i]);
+		total += HASH_HEX + 2 + plen + strlen(lines[i]);
 	buf = malloc(total + 1);
 	if (!buf)
 		return NULL;
 	for (size_t i = 0; i < n; i++) {
 		size_t l = strlen(lines[i]);
+		char *payload = buf + off + HASH_HEX + 1;
 
-		hash_hex(lines[i], l, buf + off);
-		off += HASH_HEX;
-		buf[off++] = ' ';
-		memcpy(buf + off, lines[i], l);
-		off += l;
+		memcpy(payload, prefix, plen);
+		memcpy(payload + plen, lines[i], l);
+		hash_hex(payload, plen + l, buf + off);
+		buf[off + HASH_HEX] = ' ';
+		off += HASH_HEX + 1 + plen + l;
 		buf[off++] = '\n';
 	}
 	*len = off;
 	return buf;
 }
 
-int journal_append(struct journal *j, char *const *lines, size_t n)
+int journal_append(struct journal *j, const char *prefix, char *const *lines, size_t n)
 {
 	size_t len;
 	char *buf;
@@ -272,7 +343,7 @@ int journal_append(struct journal *j, char *const *lines, size_t n)
 		if (rc < 0)
 			return rc;
 	}
-	buf = format_lines(lines, n, &len);
+	buf = format_lines(prefix, lines, n, &len);
 	if (!buf)
 		return -ENOMEM;
 	rc = write_all(j->fd, buf, len);
@@ -353,7 +424,8 @@ static bool line_valid(const char *line, size_t len)
 	return sodium_memcmp(hex, line, HASH_HEX) == 0;
 }
 
-static int batch_add(struct journal_batch *b, size_t *cap, const char *json, size_t len)
+static int segment_add(struct journal_segment *b, size_t *cap, const char *payload,
+		       size_t len)
 {
 	char *copy;
 
@@ -366,14 +438,14 @@ static int batch_add(struct journal_batch *b, size_t *cap, const char *json, siz
 		b->lines = nl;
 		*cap = ncap;
 	}
-	copy = strndup(json, len);
+	copy = strndup(payload, len);
 	if (!copy)
 		return -ENOMEM;
 	b->lines[b->n++] = copy;
 	return 0;
 }
 
-static int split_lines(char *buf, size_t len, struct journal_batch *b)
+static int split_lines(char *buf, size_t len, struct journal_segment *b)
 {
 	size_t cap = 0;
 	char *p = buf, *end = buf + len;
@@ -385,7 +457,7 @@ static int split_lines(char *buf, size_t len, struct journal_batch *b)
 
 		/* A line without its newline was torn by a crash mid-write. */
 		if (nl && line_valid(p, l)) {
-			rc = batch_add(b, &cap, p + HASH_HEX + 1, l - HASH_HEX - 1);
+			rc = segment_add(b, &cap, p + HASH_HEX + 1, l - HASH_HEX - 1);
 			if (rc < 0)
 				return rc;
 		} else if (l > 0) {
@@ -396,9 +468,8 @@ static int split_lines(char *buf, size_t len, struct journal_batch *b)
 	return 0;
 }
 
-int journal_read_oldest(struct journal *j, struct journal_batch *out)
+int journal_read_oldest(struct journal *j, struct journal_segment *out)
 {
-	char name[SEG_NAME_MAX];
 	char *buf = NULL;
 	size_t len = 0;
 	int rc;
@@ -409,27 +480,23 @@ int journal_read_oldest(struct journal *j, struct journal_batch *out)
 	if (j->nsegs == 1 && j->fd >= 0)
 		close_segment(j);
 	out->seq = j->segs[0];
-	seg_name(name, sizeof name, out->seq);
-	rc = read_file(j->dir_fd, name, &buf, &len);
+	rc = read_file(j->dir_fd, seg_name_of(out->seq).s, &buf, &len);
 	if (rc < 0)
 		return rc;
 	rc = split_lines(buf, len, out);
 	free(buf);
 	if (rc < 0)
-		journal_batch_free(out);
+		journal_segment_free(out);
 	return rc;
 }
 
 int journal_drop(struct journal *j, uint64_t seq)
 {
-	char name[SEG_NAME_MAX];
-
 	if (j->nsegs == 0 || j->segs[0] != seq)
 		return -ENOENT;
 	if (j->nsegs == 1 && j->fd >= 0)
 		close_segment(j);
-	seg_name(name, sizeof name, seq);
-	if (unlinkat(j->dir_fd, name, 0) < 0 && errno != ENOENT)
+	if (unlinkat(j->dir_fd, seg_name_of(seq).s, 0) < 0 && errno != ENOENT)
 		return -errno;
 	j->bytes -= j->sizes[0];
 	memmove(j->segs, j->segs + 1, (j->nsegs - 1) * sizeof *j->segs);
@@ -440,7 +507,7 @@ int journal_drop(struct journal *j, uint64_t seq)
 	return 0;
 }
 
-void journal_batch_free(struct journal_batch *b)
+void journal_segment_free(struct journal_segment *b)
 {
 	for (size_t i = 0; i < b->n; i++)
 		free(b->lines[i]);

@@ -1,17 +1,16 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* record.c: one ledger record, the JSON object usage_insert_batch() reads
- * (sql/usage/0002), written in one pass on the worker that completed the
- * call. This runs once per forwarded request, so it builds no tree and
- * allocates once: the worst-case size is known before writing (every string
- * byte at most six bytes of output), the record is written into a stack
- * buffer and copied out at its exact length.
+/* record.c: one ledger record, a line of COPY's text format for
+ * usage_copy_sql (tab-separated columns, \N for NULL, no newline), written
+ * in one pass on the worker that completed the call. This runs once per
+ * forwarded request, so it allocates once: the worst-case size is known
+ * before writing (every string byte at most three bytes of output), the
+ * record is written into a stack buffer and copied out at its exact length.
  *
- * PostgreSQL refuses a whole statement for one byte of invalid UTF-8 and a
- * json text for "\u0000" turned into text: a client's request id or an
- * upstream's error message must not be able to poison a batch (it would
- * stay in the journal for ever), so invalid sequences and NUL are written
- * as U+FFFD. Numbers that are not finite are written null where the column
- * allows it and 0 where it does not. */
+ * PostgreSQL refuses a whole COPY for one byte of invalid UTF-8: a client's
+ * request id or an upstream's error message must not be able to poison a
+ * batch (it would stay in the journal for ever), so invalid sequences are
+ * written as U+FFFD. Numbers that are not finite are written NULL where the
+ * column allows it and 0 where it does not. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +21,12 @@
 #include <llmgate/host.h>
 
 #include "usage.h"
+
+const char usage_copy_sql[] =
+	"COPY usage (record_id, request_id, created, endpoint, method, status, user_id, key_id, "
+	"organization_id, user_name, key_name, model_id, model_name, provider_id, provider_type, "
+	"provider_model, prompt_tokens, completion_tokens, total_tokens, usage_estimated, "
+	"latency_ms, ttft_ms, cost, kwh, kgco2eq, client_gone, error) FROM STDIN";
 
 #define RECORD_ID_BYTES 16      /* a thread's 8-byte prefix, then its counter */
 #define FIXED_MAX 1024          /* keys, punctuation, numbers, ids, the date */
@@ -39,6 +44,7 @@ static void put(struct out *o, const char *s, size_t len)
 }
 
 #define PUT_LIT(o, s) put((o), (s), sizeof(s) - 1)
+#define TAB(o) ((o)->p[(o)->n++] = '\t')
 
 /* The length of the valid UTF-8 sequence at @s (@n bytes left), 0 when it
  * is not one (overlong forms, surrogates and code points past U+10FFFF are
@@ -61,40 +67,35 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
 	return len;
 }
 
-/* At most 6 bytes of output per input byte, plus the quotes. */
+/* A text column of COPY's text format: backslash, tab, newline and
+ * carriage return escaped. At most 3 bytes of output per input byte (an
+ * invalid byte becomes U+FFFD). */
 static void put_str(struct out *o, const char *s)
 {
-	static const char hex[] = "0123456789abcdef";
 	const unsigned char *p = (const unsigned char *)s;
 	size_t left;
 
 	if (!s) {
-		PUT_LIT(o, "null");
+		PUT_LIT(o, "\\N");
 		return;
 	}
 	left = strlen(s);
-	o->p[o->n++] = '"';
 	while (left > 0) {
 		unsigned char c = *p;
 		size_t len = utf8_seq(p, left);
 
-		if (len == 0 || c == 0) {
+		if (len == 0) {
 			PUT_LIT(o, "\xEF\xBF\xBD");
 			len = 1;
-		} else if (c == '"' || c == '\\') {
+		} else if (c == '\\' || c == '\t' || c == '\n' || c == '\r') {
 			o->p[o->n++] = '\\';
-			o->p[o->n++] = (char)c;
-		} else if (c < 0x20) {
-			PUT_LIT(o, "\\u00");
-			o->p[o->n++] = hex[c >> 4];
-			o->p[o->n++] = hex[c & 15];
+			o->p[o->n++] = c == '\\' ? '\\' : c == '\t' ? 't' : c == '\n' ? 'n' : 'r';
 		} else {
 			put(o, (const char *)p, len);
 		}
 		p += len;
 		left -= len;
 	}
-	o->p[o->n++] = '"';
 }
 
 static void put_int(struct out *o, long long v)
@@ -112,21 +113,20 @@ static void put_int(struct out *o, long long v)
 	put(o, digits + k, sizeof digits - k);
 }
 
-/* An id the gateway did not have (0) is null. */
+#define NULL_FIELD "\\N"
+
+/* An id the gateway did not have (0) is NULL. */
 static void put_id(struct out *o, int64_t id)
 {
 	if (id > 0)
 		put_int(o, id);
 	else
-		PUT_LIT(o, "null");
+		PUT_LIT(o, NULL_FIELD);
 }
 
 static void put_bool(struct out *o, bool b)
 {
-	if (b)
-		PUT_LIT(o, "true");
-	else
-		PUT_LIT(o, "false");
+	o->p[o->n++] = b ? 't' : 'f';
 }
 
 /* The shortest text that reads back as the same double, as in replies. */
@@ -157,7 +157,7 @@ static void put_2digits(struct out *o, int v)
 	o->p[o->n++] = (char)('0' + v % 10);
 }
 
-/* "YYYY-MM-DDTHH:MM:SS.uuuuuuZ", UTC, now. */
+/* YYYY-MM-DDTHH:MM:SS.uuuuuuZ, UTC, now. */
 static void put_now(struct out *o)
 {
 	struct timespec ts;
@@ -167,7 +167,6 @@ static void put_now(struct out *o)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
 	usec = ts.tv_nsec / 1000;
-	o->p[o->n++] = '"';
 	put_int(o, tm.tm_year + 1900);
 	o->p[o->n++] = '-';
 	put_2digits(o, tm.tm_mon + 1);
@@ -183,7 +182,7 @@ static void put_now(struct out *o)
 	put_2digits(o, (int)(usec / 10000));
 	put_2digits(o, (int)(usec / 100 % 100));
 	put_2digits(o, (int)(usec % 100));
-	PUT_LIT(o, "Z\"");
+	o->p[o->n++] = 'Z';
 }
 
 /* Record ids must be unique, not secret: each thread draws a random 64-bit
@@ -212,14 +211,12 @@ static void put_record_id(struct out *o)
 	for (int i = 7; i >= 0; i--, n >>= 8)
 		rid[8 + i] = (unsigned char)(n & 0xFF);
 	sodium_bin2hex(hex, sizeof hex, rid, sizeof rid);
-	o->p[o->n++] = '"';
 	put(o, hex, RECORD_ID_BYTES * 2);
-	o->p[o->n++] = '"';
 }
 
 static size_t str_room(const char *s)
 {
-	return s ? 6 * strlen(s) + 2 : 4;
+	return s ? 3 * strlen(s) : sizeof NULL_FIELD;
 }
 
 double usage_call_cost(const struct lg_call *c)
@@ -234,68 +231,68 @@ double usage_call_cost(const struct lg_call *c)
 	return isfinite(cost) ? cost : 0;
 }
 
+/* The columns in the order usage_copy_sql names them, each followed by a
+ * tab but the last. */
 static void put_fields(struct out *o, const struct lg_call *c, const char *method,
 		       const struct lg_principal *who)
 {
-	PUT_LIT(o, "{\"record_id\":");
 	put_record_id(o);
-	PUT_LIT(o, ",\"request_id\":");
+	TAB(o);
 	put_str(o, c->request_id ? c->request_id : "");
-	PUT_LIT(o, ",\"created\":");
+	TAB(o);
 	put_now(o);
-	PUT_LIT(o, ",\"endpoint\":");
+	TAB(o);
 	put_str(o, c->endpoint ? c->endpoint : "");
-	PUT_LIT(o, ",\"method\":");
+	TAB(o);
 	put_str(o, method ? method : "");
-	PUT_LIT(o, ",\"status\":");
+	TAB(o);
 	put_int(o, c->status);
-	PUT_LIT(o, ",\"user_id\":");
+	TAB(o);
 	put_id(o, who ? who->user_id : 0);
-	PUT_LIT(o, ",\"key_id\":");
+	TAB(o);
 	put_id(o, who ? who->key_id : 0);
-	PUT_LIT(o, ",\"organization_id\":");
+	TAB(o);
 	put_id(o, who ? who->organization_id : 0);
-	PUT_LIT(o, ",\"user_name\":");
+	TAB(o);
 	put_str(o, who ? who->user_name : NULL);
-	PUT_LIT(o, ",\"key_name\":");
+	TAB(o);
 	put_str(o, who ? who->key_name : NULL);
-	PUT_LIT(o, ",\"model_id\":");
+	TAB(o);
 	put_id(o, c->model_id);
-	PUT_LIT(o, ",\"model_name\":");
+	TAB(o);
 	put_str(o, c->model_name);
-	PUT_LIT(o, ",\"provider_id\":");
+	TAB(o);
 	put_id(o, c->provider_id);
-	PUT_LIT(o, ",\"provider_type\":");
+	TAB(o);
 	put_str(o, c->provider_type);
-	PUT_LIT(o, ",\"provider_model\":");
+	TAB(o);
 	put_str(o, c->provider_model);
-	PUT_LIT(o, ",\"prompt_tokens\":");
+	TAB(o);
 	put_int(o, c->prompt_tokens);
-	PUT_LIT(o, ",\"completion_tokens\":");
+	TAB(o);
 	put_int(o, c->completion_tokens);
-	PUT_LIT(o, ",\"total_tokens\":");
+	TAB(o);
 	put_int(o, c->total_tokens);
-	PUT_LIT(o, ",\"usage_estimated\":");
+	TAB(o);
 	put_bool(o, c->usage_estimated);
-	PUT_LIT(o, ",\"latency_ms\":");
+	TAB(o);
 	put_double(o, c->latency_ms, "0");
-	PUT_LIT(o, ",\"ttft_ms\":");
-	put_double(o, c->ttft_ms >= 0 ? c->ttft_ms : NAN, "null");
-	PUT_LIT(o, ",\"cost\":");
+	TAB(o);
+	put_double(o, c->ttft_ms >= 0 ? c->ttft_ms : NAN, NULL_FIELD);
+	TAB(o);
 	put_double(o, usage_call_cost(c), "0");
+	TAB(o);
 	/* Impacts the host did not give are unknown, not zero. */
-	PUT_LIT(o, ",\"kwh\":");
-	put_double(o, CALL_HAS(c, kwh) ? c->kwh : NAN, "null");
-	PUT_LIT(o, ",\"kgco2eq\":");
-	put_double(o, CALL_HAS(c, kgco2eq) ? c->kgco2eq : NAN, "null");
-	PUT_LIT(o, ",\"client_gone\":");
+	put_double(o, CALL_HAS(c, kwh) ? c->kwh : NAN, NULL_FIELD);
+	TAB(o);
+	put_double(o, CALL_HAS(c, kgco2eq) ? c->kgco2eq : NAN, NULL_FIELD);
+	TAB(o);
 	put_bool(o, c->client_gone);
-	PUT_LIT(o, ",\"error\":");
+	TAB(o);
 	put_str(o, c->error);
-	PUT_LIT(o, "}");
 }
 
-char *usage_record_json(const struct lg_call *c, const char *method,
+char *usage_record_line(const struct lg_call *c, const char *method,
 			const struct lg_principal *who)
 {
 	char stack[STACK_MAX];

@@ -1,13 +1,15 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* usage: the ledger of forwarded calls (DESIGN §9). The COMPLETE hook turns
- * each call into one JSON record (record.c) and queues it, on the worker, without
- * waking anybody; a timer on the main loop sends the queue to PostgreSQL in
- * batches (one INSERT per batch). Batches the database does not take go to
- * an append-only journal on disk, replayed in order once inserts succeed
- * again. Every record carries its own random id, and inserts ignore ids
- * already stored, so a batch sent twice (a replay after a crash, a batch
- * both in flight and journaled at shutdown) is counted once. stop() flushes
- * what is left, so SIGTERM loses nothing.
+ * each call into one record, a line of COPY text (record.c), and queues it,
+ * on the worker, without waking anybody; a timer on the main loop sends the
+ * queue to PostgreSQL in batches (one COPY per batch, host->db_copy()).
+ * Batches the database does not take go to an append-only journal on disk,
+ * replayed in order, batch by batch, once loads succeed again. Every batch
+ * has a random id, kept with its records in the journal, that the COPY's
+ * transaction claims in usage_batches first: a batch sent twice (a replay
+ * after a crash, a batch both in flight and sent again at shutdown, a reply
+ * lost after the commit) is counted once. stop() flushes what is left, so
+ * SIGTERM loses nothing.
  *
  * The journal has a size cap (journal_max_size). Once it is reached, new
  * records wait in the queue; when that is full too they are dropped and
@@ -35,19 +37,27 @@
 #define TICK_MS_MAX 50          /* how often the timer looks at the queue */
 #define ALARM_EVERY_MS 10000    /* the most often "records are lost" is logged */
 #define BATCH_BUF_KEEP (4u << 20)       /* the largest batch text kept for the next */
+#define BATCH_ID_BYTES 16
+#define BATCH_ID_HEX (BATCH_ID_BYTES * 2)
 
 extern const struct lg_migration usage_migrations[];
 
-/* sql/usage/0002: the batch insert, with the lock wait as its second parameter. */
-static const char insert_sql[] = "SELECT usage_insert_batch($1::json, $2::text)";
+/* sql/usage/0003: claims a batch (and sets the lock wait) in its COPY's
+ * transaction: $1 the batch id, $2 its records, $3 the lock wait. */
+static const char claim_sql[] = "SELECT usage_claim_batch($1, $2::int, $3)";
+/* sql/usage/0002: records journaled as JSON by llmgate 0.2, idempotent on
+ * record_id; $1 a JSON array, $2 the lock wait. */
+static const char json_insert_sql[] = "SELECT usage_insert_batch($1::json, $2::text)";
 
 enum flight_source { FROM_QUEUE, FROM_JOURNAL };
 
-/* One INSERT on its way. Queue records are owned by the flight; journal
- * records are borrowed from usage.replay. */
+/* One batch on its way. Queue records are owned by the flight; journal
+ * records are borrowed from usage.replay, each after its batch id and a
+ * space ("<id> <record>"), or JSON objects with no batch id (@id empty). */
 struct flight {
 	struct usage *u;
 	enum flight_source src;
+	char id[BATCH_ID_HEX + 1];
 	char **lines;
 	size_t n;
 	bool orphaned;          /* stop() took over; the callback only frees it */
@@ -62,7 +72,7 @@ static const struct lg_setting usage_settings[] = {
 	{ "flush_interval", LG_SETTING_DURATION, "200ms", 10, 60000, 0,
 	  "the longest a record waits in memory before its batch is sent" },
 	{ "batch_size", LG_SETTING_INT, "500", 1, 5000, 0,
-	  "records per INSERT; a queue this long is sent at once" },
+	  "records per batch (one COPY); a queue this long is sent at once" },
 	{ "queue_max", LG_SETTING_INT, "100000", 100, 10000000, 0,
 	  "records kept in memory; beyond it new records are dropped and counted" },
 	{ "retry_interval", LG_SETTING_DURATION, "1s", 50, 600000, 0,
@@ -73,7 +83,7 @@ static const struct lg_setting usage_settings[] = {
 	  "the journal's cap: beyond it records wait in the queue, then are dropped and "
 	  "counted, and /ready answers 503" },
 	{ "lock_timeout", LG_SETTING_DURATION, "1s", 10, 600000, 0,
-	  "how long an insert waits for a lock on usage (LOCK TABLE, a partition drop) "
+	  "how long a batch waits for a lock on usage (LOCK TABLE, a partition drop) "
 	  "before its batch goes to the journal" },
 	{ "retention_days", LG_SETTING_INT, "0", 0, 36500, 0,
 	  "drop monthly partitions whose month ended more than this many days ago; 0 keeps "
@@ -193,7 +203,7 @@ static enum lg_hook_result on_complete(struct lg_req *req, void *ud)
 		usage_metrics_record(u->metrics, c);
 	if (!u->enabled)
 		return LG_HOOK_OK;
-	line = usage_record_json(c, u->host->req_method(req), u->host->req_principal(req));
+	line = usage_record_line(c, u->host->req_method(req), u->host->req_principal(req));
 	if (!line) {
 		u->host->log(u->self, LG_LOG_ERROR, "usage: cannot build the record");
 		return LG_HOOK_OK;
@@ -312,17 +322,22 @@ static void free_lines(char **lines, size_t n)
 	free(lines);
 }
 
-/* The batch as one JSON array: the single parameter of the INSERT. It is
- * written into one buffer kept from batch to batch: a new one of half a
- * megabyte per batch cost page faults on every batch. Ownership: the
- * plugin's, valid until the next batch. Thread: main. */
-static char *batch_param(struct usage *u, char *const *lines, size_t n)
+/* A fresh batch id: random, so that no two batches of any run share one. */
+static void new_batch_id(char id[BATCH_ID_HEX + 1])
 {
-	size_t total = 3, off = 0;
+	unsigned char raw[BATCH_ID_BYTES];
+
+	randombytes_buf(raw, sizeof raw);
+	sodium_bin2hex(id, BATCH_ID_HEX + 1, raw, sizeof raw);
+}
+
+/* Room for @total bytes in the batch buffer, kept from batch to batch: a
+ * new one of half a megabyte per batch cost page faults on every batch.
+ * Thread: main. */
+static char *batch_buf(struct usage *u, size_t total)
+{
 	char *buf;
 
-	for (size_t i = 0; i < n; i++)
-		total += strlen(lines[i]) + 1;
 	if (total > u->batch_cap) {
 		buf = realloc(u->batch_buf, total);
 		if (!buf)
@@ -330,7 +345,45 @@ static char *batch_param(struct usage *u, char *const *lines, size_t n)
 		u->batch_buf = buf;
 		u->batch_cap = total;
 	}
-	buf = u->batch_buf;
+	return u->batch_buf;
+}
+
+/* The COPY data of a batch: each record, @skip bytes in, on its line.
+ * Ownership: the plugin's, valid until the next batch. */
+static char *copy_data(struct usage *u, char *const *lines, size_t n, size_t skip,
+		       size_t *len)
+{
+	size_t total = 1, off = 0;
+	char *buf;
+
+	for (size_t i = 0; i < n; i++)
+		total += strlen(lines[i] + skip) + 1;
+	buf = batch_buf(u, total);
+	if (!buf)
+		return NULL;
+	for (size_t i = 0; i < n; i++) {
+		size_t l = strlen(lines[i] + skip);
+
+		memcpy(buf + off, lines[i] + skip, l);
+		off += l;
+		buf[off++] = '\n';
+	}
+	buf[off] = '\0';
+	*len = off;
+	return buf;
+}
+
+/* Records of llmgate 0.2's journal as one JSON array. */
+static char *json_array(struct usage *u, char *const *lines, size_t n)
+{
+	size_t total = 3, off = 0;
+	char *buf;
+
+	for (size_t i = 0; i < n; i++)
+		total += strlen(lines[i]) + 1;
+	buf = batch_buf(u, total);
+	if (!buf)
+		return NULL;
 	buf[off++] = '[';
 	for (size_t i = 0; i < n; i++) {
 		size_t l = strlen(lines[i]);
@@ -345,15 +398,30 @@ static char *batch_param(struct usage *u, char *const *lines, size_t n)
 	return buf;
 }
 
-/* Once the host has copied the parameter: a buffer grown past what usual
+/* Once the host has copied the batch: a buffer grown past what usual
  * batches need (records with long error messages) is not kept. */
-static void batch_param_done(struct usage *u)
+static void batch_buf_done(struct usage *u)
 {
 	if (u->batch_cap > BATCH_BUF_KEEP) {
 		free(u->batch_buf);
 		u->batch_buf = NULL;
 		u->batch_cap = 0;
 	}
+}
+
+/* What db_copy() needs to load batch @id, claimed in the same transaction.
+ * @count, @params: storage of the caller's that the result points to. */
+static struct lg_db_copy batch_copy(struct usage *u, const char *id, const char *data,
+				    size_t len, size_t n, char count[24],
+				    const char *params[3])
+{
+	snprintf(count, 24, "%zu", n);
+	params[0] = id;
+	params[1] = count;
+	params[2] = u->lock_timeout_text;
+	return (struct lg_db_copy){ .size = sizeof(struct lg_db_copy), .nparams = 3,
+				    .claim_sql = claim_sql, .params = params,
+				    .copy_sql = usage_copy_sql, .data = data, .len = len };
 }
 
 static uint64_t queue_dropped(struct usage *u)
@@ -422,9 +490,11 @@ static void journal_state(struct usage *u)
 	}
 }
 
-/* Last resort for records the database did not take. Thread: main. */
-static void journal_or_lose(struct usage *u, char **lines, size_t n)
+/* Last resort for records the database did not take: batch @id keeps its
+ * id in the journal. Thread: main. */
+static void journal_or_lose(struct usage *u, const char *id, char **lines, size_t n)
 {
+	char prefix[BATCH_ID_HEX + 2];
 	uint64_t now;
 	int rc;
 
@@ -434,7 +504,8 @@ static void journal_or_lose(struct usage *u, char **lines, size_t n)
 		log_dropped(u, false);
 		return;
 	}
-	rc = journal_append(u->journal, lines, n);
+	snprintf(prefix, sizeof prefix, "%s ", id);
+	rc = journal_append(u->journal, prefix, lines, n);
 	if (rc == 0) {
 		atomic_fetch_add(&u->rows_journaled, n);
 		journal_state(u);
@@ -464,8 +535,16 @@ static void note_db_up(struct usage *u, const PGresult *res)
 		u->host->log(u->self, LG_LOG_INFO, "usage: PostgreSQL takes batches again");
 	u->db_down = false;
 	atomic_store(&u->db_up, true);
-	/* Rows really added: a batch sent twice adds nothing the second time. */
-	if (res && PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
+	/* Rows really added: a batch sent twice adds nothing the second time
+	 * (its claim's result, no row, comes back instead of the COPY's). JSON
+	 * records of 0.2 come back as the count usage_insert_batch() returns. */
+	if (!res)
+		return;
+	if (PQresultStatus(res) == PGRES_COMMAND_OK)
+		/* libpq's prototype lacks the const it honours. */
+		atomic_fetch_add(&u->rows_inserted,
+				 strtoull(PQcmdTuples((PGresult *)res), NULL, 10));
+	else if (PQntuples(res) == 1 && PQnfields(res) == 1 && !PQgetisnull(res, 0, 0))
 		atomic_fetch_add(&u->rows_inserted, strtoull(PQgetvalue(res, 0, 0), NULL, 10));
 }
 
@@ -480,7 +559,7 @@ static void replay_advance(struct usage *u, size_t n)
 	if (rc < 0)
 		u->host->log(u->self, LG_LOG_ERROR, "usage: cannot delete a replayed journal "
 			     "segment in %s: %s", u->journal_dir, strerror(-rc));
-	journal_batch_free(&u->replay);
+	journal_segment_free(&u->replay);
 	u->replay_next = 0;
 	u->replaying = false;
 	journal_state(u);
@@ -509,7 +588,7 @@ static void on_inserted(const PGresult *res, const char *error, void *arg)
 	if (error) {
 		note_db_down(u, error);
 		if (f->src == FROM_QUEUE)
-			journal_or_lose(u, f->lines, f->n);
+			journal_or_lose(u, f->id, f->lines, f->n);
 	} else {
 		note_db_up(u, res);
 		if (f->src == FROM_JOURNAL)
@@ -518,40 +597,87 @@ static void on_inserted(const PGresult *res, const char *error, void *arg)
 	flight_free(f);
 }
 
-/* Sends @lines; the flight owns them if they come from the queue. */
-static int send_batch(struct usage *u, enum flight_source src, char **lines, size_t n)
+/* Loads JSON records of 0.2: with @f asynchronously (on_inserted), else
+ * blocking into *@res. */
+static int load_json(struct usage *u, char *const *lines, size_t n, struct flight *f,
+		     PGresult **res, char *err, size_t errlen)
+{
+	const struct lg_host *h = u->host;
+	const char *params[2] = { json_array(u, lines, n), u->lock_timeout_text };
+	int rc;
+
+	if (!params[0])
+		rc = -ENOMEM;
+	else if (f)
+		rc = h->db_query(u->self, json_insert_sql, 2, params, on_inserted, f);
+	else
+		rc = h->db_query_sync(u->self, json_insert_sql, 2, params, res, err, errlen);
+	batch_buf_done(u);
+	return rc;
+}
+
+/* Loads batch @id (its records @skip bytes into @lines) with its claim: with
+ * @f asynchronously (on_inserted), else blocking into *@res. */
+static int load_copy(struct usage *u, const char *id, char *const *lines, size_t n,
+		     size_t skip, struct flight *f, PGresult **res, char *err, size_t errlen)
+{
+	const struct lg_host *h = u->host;
+	const char *params[3];
+	char count[24];
+	size_t len = 0;
+	char *data = copy_data(u, lines, n, skip, &len);
+	struct lg_db_copy copy = batch_copy(u, id, data, len, n, count, params);
+	int rc;
+
+	if (!data)
+		rc = -ENOMEM;
+	else if (f)
+		rc = h->db_copy(u->self, &copy, on_inserted, f);
+	else
+		rc = h->db_copy_sync(u->self, &copy, res, err, errlen);
+	batch_buf_done(u);
+	return rc;
+}
+
+/* Sends batch @id of @lines (an empty @id: JSON records of 0.2); the
+ * flight owns them if they come from the queue. */
+static int send_batch(struct usage *u, enum flight_source src, const char *id, char **lines,
+		      size_t n)
 {
 	struct flight *f = calloc(1, sizeof *f);
-	char *param = batch_param(u, lines, n);
-	const char *params[2] = { param, u->lock_timeout_text };
-	int rc = -ENOMEM;
+	size_t skip = src == FROM_JOURNAL ? BATCH_ID_HEX + 1 : 0;
+	int rc;
 
-	if (!f || !param)
-		goto fail;
+	if (!f)
+		return -ENOMEM;
 	*f = (struct flight){ .u = u, .src = src, .lines = lines, .n = n };
-	rc = u->host->db_query(u->self, insert_sql, 2, params, on_inserted, f);
-	batch_param_done(u);
-	if (rc < 0)
-		goto fail;
+	snprintf(f->id, sizeof f->id, "%s", id);
+	if (*id)
+		rc = load_copy(u, id, lines, n, skip, f, NULL, NULL, 0);
+	else
+		rc = load_json(u, lines, n, f, NULL, NULL, 0);
+	if (rc < 0) {
+		free(f);
+		return rc;
+	}
 	u->inflight = f;
 	return 0;
-fail:
-	free(f);
-	return rc;
 }
 
 static void flush_queue(struct usage *u)
 {
+	char id[BATCH_ID_HEX + 1];
 	size_t n;
 	char **lines = queue_take(u, u->batch_size, &n);
 	int rc;
 
 	if (!lines)
 		return;
-	rc = send_batch(u, FROM_QUEUE, lines, n);
+	new_batch_id(id);
+	rc = send_batch(u, FROM_QUEUE, id, lines, n);
 	if (rc < 0) {
 		note_db_down(u, strerror(-rc));
-		journal_or_lose(u, lines, n);
+		journal_or_lose(u, id, lines, n);
 		free_lines(lines, n);
 	}
 }
@@ -561,43 +687,106 @@ static void flush_queue(struct usage *u)
  * records are lost, unless @all (at stop: there is nowhere else). */
 static void queue_to_journal(struct usage *u, bool all)
 {
+	char id[BATCH_ID_HEX + 1];
 	size_t n;
 	char **lines;
 
 	while ((all || !journal_at_cap(u)) && (lines = queue_take(u, u->batch_size, &n))) {
-		journal_or_lose(u, lines, n);
+		new_batch_id(id);
+		journal_or_lose(u, id, lines, n);
 		free_lines(lines, n);
 	}
 }
 
+/* A journal record of 0.2: a JSON object, with no batch id. */
+static bool is_json_record(const char *line)
+{
+	return line[0] == '{';
+}
+
+/* Whether @line is "<batch id> <record>", of batch @id if @id is given. */
+static bool in_batch(const char *line, const char *id)
+{
+	size_t i;
+
+	for (i = 0; i < BATCH_ID_HEX; i++)
+		if (!((line[i] >= '0' && line[i] <= '9') || (line[i] >= 'a' && line[i] <= 'f')))
+			return false;
+	return line[BATCH_ID_HEX] == ' ' && (!id || memcmp(line, id, BATCH_ID_HEX) == 0);
+}
+
+/* Lines whose hash holds but that are neither form (none are written so)
+ * are skipped as damaged, before the segment is replayed. */
+static void drop_malformed(struct journal_segment *seg)
+{
+	size_t kept = 0;
+
+	for (size_t i = 0; i < seg->n; i++) {
+		if (is_json_record(seg->lines[i]) || in_batch(seg->lines[i], NULL)) {
+			seg->lines[kept++] = seg->lines[i];
+		} else {
+			free(seg->lines[i]);
+			seg->skipped++;
+		}
+	}
+	seg->n = kept;
+}
+
+/* The journal's next batch from replay_next: the lines of one batch id
+ * (never split: one claim covers them all), or up to batch_size JSON
+ * records of 0.2 (@id then empty). Its number of lines. */
+static size_t replay_next_batch(struct usage *u, char id[BATCH_ID_HEX + 1])
+{
+	char *const *lines = u->replay.lines + u->replay_next;
+	size_t left = u->replay.n - u->replay_next, k = 1;
+
+	if (is_json_record(lines[0])) {
+		id[0] = '\0';
+		while (k < left && k < u->batch_size && is_json_record(lines[k]))
+			k++;
+		return k;
+	}
+	memcpy(id, lines[0], BATCH_ID_HEX);
+	id[BATCH_ID_HEX] = '\0';
+	while (k < left && in_batch(lines[k], id))
+		k++;
+	return k;
+}
+
+static bool replay_open(struct usage *u)
+{
+	int rc = journal_read_oldest(u->journal, &u->replay);
+
+	if (rc < 0) {
+		u->host->log(u->self, LG_LOG_ERROR, "usage: cannot read the journal in %s: %s",
+			     u->journal_dir, strerror(-rc));
+		u->retry_at_ms = now_ms() + u->retry_interval_ms;
+		return false;
+	}
+	drop_malformed(&u->replay);
+	if (u->replay.skipped)
+		u->host->log(u->self, LG_LOG_WARN, "usage: journal segment %llu: %zu damaged "
+			     "records skipped", (unsigned long long)u->replay.seq,
+			     u->replay.skipped);
+	u->replaying = true;
+	u->replay_next = 0;
+	return true;
+}
+
 static void replay_chunk(struct usage *u)
 {
+	char id[BATCH_ID_HEX + 1];
 	size_t n;
 	int rc;
 
-	if (!u->replaying) {
-		rc = journal_read_oldest(u->journal, &u->replay);
-		if (rc < 0) {
-			u->host->log(u->self, LG_LOG_ERROR, "usage: cannot read the journal in "
-				     "%s: %s", u->journal_dir, strerror(-rc));
-			u->retry_at_ms = now_ms() + u->retry_interval_ms;
-			return;
-		}
-		if (u->replay.skipped)
-			u->host->log(u->self, LG_LOG_WARN, "usage: journal segment %llu: %zu "
-				     "damaged records skipped",
-				     (unsigned long long)u->replay.seq, u->replay.skipped);
-		u->replaying = true;
-		u->replay_next = 0;
-		if (u->replay.n == 0) {
-			replay_advance(u, 0);
-			return;
-		}
+	if (!u->replaying && !replay_open(u))
+		return;
+	if (u->replay.n == u->replay_next) {
+		replay_advance(u, 0);   /* nothing valid in it */
+		return;
 	}
-	n = u->replay.n - u->replay_next;
-	if (n > u->batch_size)
-		n = u->batch_size;
-	rc = send_batch(u, FROM_JOURNAL, u->replay.lines + u->replay_next, n);
+	n = replay_next_batch(u, id);
+	rc = send_batch(u, FROM_JOURNAL, id, u->replay.lines + u->replay_next, n);
 	if (rc < 0)
 		note_db_down(u, strerror(-rc));
 }
@@ -686,24 +875,19 @@ static int usage_start(struct lg_plugin *self, const struct lg_host *host)
 	return 0;
 }
 
-/* Inserts @lines now, or journals them. Thread: main. */
-static void insert_sync(struct usage *u, char **lines, size_t n)
+/* Loads batch @id of queued @lines now, or journals them. Thread: main. */
+static void insert_sync(struct usage *u, const char *id, char **lines, size_t n)
 {
-	char *param = batch_param(u, lines, n);
-	const char *params[2] = { param, u->lock_timeout_text };
 	PGresult *res = NULL;
 	char err[256] = "out of memory";
 
-	if (param && u->host->db_query_sync(u->self, insert_sql, 2, params, &res, err,
-					    sizeof err) == 0) {
-		batch_param_done(u);
+	if (load_copy(u, id, lines, n, 0, NULL, &res, err, sizeof err) == 0) {
 		note_db_up(u, res);
 		PQclear(res);
 		return;
 	}
-	batch_param_done(u);
 	note_db_down(u, err);
-	journal_or_lose(u, lines, n);
+	journal_or_lose(u, id, lines, n);
 }
 
 /* The queue, and a batch still in flight (sent again: inserts are
@@ -722,8 +906,10 @@ static void usage_stop(struct lg_plugin *self, const struct lg_host *host)
 	host->timer_stop(u->timer);
 	u->timer = NULL;
 	collect(u);
+	/* Under the same id: if the first try commits after all, its claim
+	 * makes this one add nothing, and the other way round. */
 	if (f && f->src == FROM_QUEUE) {
-		insert_sync(u, f->lines, f->n);
+		insert_sync(u, f->id, f->lines, f->n);
 		free_lines(f->lines, f->n);
 		f->lines = NULL;
 		f->n = 0;
@@ -738,10 +924,13 @@ static void usage_stop(struct lg_plugin *self, const struct lg_host *host)
 		queue_to_journal(u, true);
 	} else {
 		while ((lines = queue_take(u, u->batch_size, &n))) {
+			char id[BATCH_ID_HEX + 1];
+
+			new_batch_id(id);
 			if (u->db_down)
-				journal_or_lose(u, lines, n);
+				journal_or_lose(u, id, lines, n);
 			else
-				insert_sync(u, lines, n);
+				insert_sync(u, id, lines, n);
 			free_lines(lines, n);
 		}
 	}
@@ -817,7 +1006,7 @@ static void usage_free(struct usage *u)
 		free(p);
 	}
 	free(u->batch_buf);
-	journal_batch_free(&u->replay);
+	journal_segment_free(&u->replay);
 	journal_close(u->journal);
 	usage_metrics_free(u->metrics);
 	pthread_mutex_destroy(&u->lock);

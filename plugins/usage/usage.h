@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* The usage plugin's own interfaces between its files:
  *   usage.c      the ledger (queue, batched inserts, journal) and lifecycle
- *   record.c     one call as the ledger's JSON record
+ *   record.c     one call as the ledger's record (a line of COPY text)
  *   queries.c    GET /v1/usage and GET /v1/me/usage
  *   metrics.c    GET /metrics and the per-worker counters behind it
  *   retention.c  monthly partitions ahead, old ones dropped
@@ -61,9 +61,9 @@ struct usage {
 	struct lg_timer *timer;
 	struct journal *journal;
 	struct flight *inflight;
-	char *batch_buf;                /* batch_param()'s, reused */
+	char *batch_buf;                /* batch_buf()'s, reused */
 	size_t batch_cap;
-	struct journal_batch replay;    /* the segment being replayed */
+	struct journal_segment replay;    /* the segment being replayed */
 	size_t replay_next;
 	bool replaying;
 	bool db_down;
@@ -97,10 +97,13 @@ struct ledger_stats {
 /* record.c: the call's cost as in its reply (computed from the model's
  * prices on a 1.0 host), 0 if not finite. Thread: any. */
 double usage_call_cost(const struct lg_call *c);
-/* record.c: the call as the JSON object usage_insert_batch() takes, with a
- * new random record id and the current time; NULL when out of memory.
- * Ownership: the caller's (free()). Thread: any. */
-char *usage_record_json(const struct lg_call *c, const char *method,
+/* record.c: the COPY statement the ledger loads records with (columns in
+ * the order of usage_record_line()). */
+extern const char usage_copy_sql[];
+/* record.c: the call as one line of COPY's text format for usage_copy_sql
+ * (no newline), with a new record id and the current time; NULL when out
+ * of memory. Ownership: the caller's (free()). Thread: any. */
+char *usage_record_line(const struct lg_call *c, const char *method,
 			const struct lg_principal *who);
 /* usage.c: a snapshot of the ledger's counters. Thread: any. */
 void usage_ledger_stats(struct usage *u, struct ledger_stats *out);

@@ -225,9 +225,29 @@ def insert_row(pg, rid, created):
             % (uuid.uuid4().hex, rid, created, CHAT))
 
 
+def hashed(payload):
+    """A journal line: the payload after its BLAKE2b-128 hash."""
+    return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest() + " " + payload + "\n"
+
+
 def journal_line(record):
-    text = json.dumps(record, separators=(",", ":"))
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest() + " " + text + "\n"
+    """A journal line of llmgate 0.2: a JSON record."""
+    return hashed(json.dumps(record, separators=(",", ":")))
+
+
+def copy_field(v):
+    if v is None:
+        return "\\N"
+    if isinstance(v, bool):
+        return "t" if v else "f"
+    return (str(v).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+            .replace("\r", "\\r"))
+
+
+def batch_lines(batch_id, records):
+    """Journal lines of one batch: "<batch id> <COPY text record>"."""
+    return "".join(hashed(batch_id + " " + "\t".join(copy_field(r.get(c)) for c in COLUMNS))
+                   for r in records)
 
 
 class UsageCase(unittest.TestCase):
@@ -455,7 +475,40 @@ class Journal(UsageCase):
                 "latency_ms": 1.5, "ttft_ms": None, "cost": 0.000055, "client_gone": False,
                 "error": None}
 
-    def test_replay_skips_a_damaged_line(self):
+    def test_replay_loads_each_batch_once(self):
+        """Batches keep their ids in the journal: a batch journaled twice, or
+        claimed already (committed before a crash left its segment), adds
+        nothing; a damaged line is skipped, the rest of its batch loads."""
+        a, b, c, d, e = (self.record(self.prefix + n) for n in "abcde")
+        c["error"] = "tab\there, newline\nthere, backslash \\N, \u00e9"
+        c["ttft_ms"] = 4.5
+        one, two, done = (uuid.uuid4().hex for _ in range(3))
+        damaged = batch_lines(one, [e]).replace("\t200\t", "\t201\t")
+        with open(os.path.join(self.journal, "usage-%020d.journal" % 3), "w") as f:
+            f.write(batch_lines(one, [a, b]) + damaged + batch_lines(two, [c]))
+        with open(os.path.join(self.journal, "usage-%020d.journal" % 4), "w") as f:
+            f.write(batch_lines(two, [c]) + batch_lines(done, [d]))
+        migrate = lgtest.run_llmgate(["migrate"], config=config(self.journal), pg=self.pg,
+                                     env={"LLMGATE_PLUGIN_PATH": common.test_plugins_path()})
+        self.assertEqual(migrate.returncode, 0, migrate.stderr)
+        self.pg.psql("INSERT INTO usage_batches (batch_id, rows) VALUES ('%s', 1)" % done)
+        with self.gateway() as g:
+            wait_rows(self, self.pg, self.prefix, 3)
+            wait_until(self, "the journal replayed", lambda: not os.listdir(self.journal))
+            self.assertTrue(g.wait_log(r"1 damaged records skipped", 5), g.log()[-3000:])
+            self.assert_clean_exit(g)
+        got = {r["request_id"]: r for r in rows(self.pg, "request_id LIKE '%s%%'" % self.prefix)}
+        self.assertEqual(sorted(got), [self.prefix + n for n in "abc"])
+        self.assertEqual(got[self.prefix + "c"]["error"], c["error"])
+        self.assertEqual(got[self.prefix + "c"]["ttft_ms"], 4.5)
+        self.assertEqual(got[self.prefix + "a"]["record_id"], a["record_id"])
+        claims = dict(self.pg.psql("SELECT batch_id, rows FROM usage_batches WHERE batch_id "
+                                   "IN ('%s', '%s')" % (one, two)))
+        self.assertEqual(claims, {one: "2", two: "1"})
+
+    def test_replay_of_a_journal_of_0_2(self):
+        """Segments of llmgate 0.2 (usage-N.jsonl, JSON records) are renamed
+        and replayed, each record once, damaged lines skipped."""
         good1, bad, good2 = (self.record(self.prefix + n) for n in ("a", "b", "c"))
         damaged = journal_line(bad).replace('"status":200', '"status":201')
         torn = journal_line(self.record(self.prefix + "d"))[:40]

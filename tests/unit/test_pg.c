@@ -64,6 +64,10 @@ struct outcome {
 	bool wrong_thread;
 	bool bad_args;             /* res and error both set, or neither */
 	char value[256];           /* first value of the last success */
+	ExecStatusType status;     /* of the last success */
+	int ntuples;               /* of the last success */
+	char cmd[64];              /* PQcmdStatus() of the last success */
+	char tuples[32];           /* PQcmdTuples() of the last success */
 	char error[512];           /* the last error */
 	char seen[16][32];         /* distinct last values of successes */
 	int nseen;
@@ -81,7 +85,9 @@ static void outcome_reset(struct outcome *o)
 {
 	pthread_mutex_lock(&o->lock);
 	o->done = o->ok = o->failed = o->refused = o->nseen = 0;
-	o->value[0] = o->error[0] = '\0';
+	o->value[0] = o->error[0] = o->cmd[0] = o->tuples[0] = '\0';
+	o->status = PGRES_EMPTY_QUERY;
+	o->ntuples = -1;
 	pthread_mutex_unlock(&o->lock);
 }
 
@@ -117,6 +123,11 @@ static void on_result(const PGresult *res, const char *error, void *arg)
 		snprintf(o->value, sizeof o->value, "%s",
 			 PQntuples(res) > 0 ? PQgetvalue(res, 0, 0) : "");
 		note_value(o, PQntuples(res) > 0 ? PQgetvalue(res, 0, PQnfields(res) - 1) : "");
+		o->status = PQresultStatus(res);
+		o->ntuples = PQntuples(res);
+		/* libpq's accessors take a non-const result but do not change it. */
+		snprintf(o->cmd, sizeof o->cmd, "%s", PQcmdStatus((PGresult *)res));
+		snprintf(o->tuples, sizeof o->tuples, "%s", PQcmdTuples((PGresult *)res));
 	}
 	o->done++;
 	pthread_cond_broadcast(&o->cond);
@@ -222,6 +233,153 @@ static void assert_query_value(const char *url, const char *sql, const char *wan
 	assert_non_null(v);
 	assert_string_equal(v, want);
 	free(v);
+}
+
+/* ---- bulk loads submitted from the loop ---- */
+
+/* A load whose every string is the submitter's own heap copy, wiped and
+ * freed as soon as lg_pg_copy() returns: the pool must have copied them. */
+struct copy_submit {
+	struct lg_pg *pg;
+	struct lg_db_copy copy;
+	char *claim_sql, *copy_sql, *data;
+	char *params[4];
+	struct outcome *o;
+};
+
+static char *dup_bytes(const char *s, size_t n)
+{
+	char *d = malloc(n + 1);
+
+	assert_non_null(d);
+	if (n)
+		memcpy(d, s, n);
+	d[n] = '\0';
+	return d;
+}
+
+static void wipe(char *s, size_t n)
+{
+	if (!s)
+		return;
+	memset(s, 'X', n);
+	free(s);
+}
+
+static struct copy_submit *copy_submit_new(struct lg_pg *pg, const struct lg_db_copy *c,
+					   struct outcome *o)
+{
+	struct copy_submit *s = calloc(1, sizeof *s);
+
+	assert_non_null(s);
+	assert_true(c->nparams >= 0 && c->nparams <= (int)LG_COUNT(s->params));
+	s->pg = pg;
+	s->o = o;
+	s->copy = *c;
+	if (c->claim_sql)
+		s->copy.claim_sql = s->claim_sql = dup_bytes(c->claim_sql, strlen(c->claim_sql));
+	for (int i = 0; i < c->nparams; i++)
+		if (c->params[i])
+			s->params[i] = dup_bytes(c->params[i], strlen(c->params[i]));
+	s->copy.params = (const char *const *)s->params;
+	s->copy.copy_sql = s->copy_sql = dup_bytes(c->copy_sql, strlen(c->copy_sql));
+	if (c->data)
+		s->copy.data = s->data = dup_bytes(c->data, c->len);
+	return s;
+}
+
+static void copy_submit_free(struct copy_submit *s)
+{
+	wipe(s->claim_sql, s->claim_sql ? strlen(s->claim_sql) : 0);
+	for (size_t i = 0; i < LG_COUNT(s->params); i++)
+		wipe(s->params[i], s->params[i] ? strlen(s->params[i]) : 0);
+	wipe(s->copy_sql, strlen(s->copy_sql));
+	wipe(s->data, s->copy.len);
+	free(s);
+}
+
+static void copy_on_loop(void *arg)
+{
+	struct copy_submit *s = arg;
+	int r = lg_pg_copy(s->pg, lg_loop_current(), &s->copy, on_result, s->o);
+
+	if (r != 0) {
+		pthread_mutex_lock(&s->o->lock);
+		s->o->refused++;
+		s->o->done++;
+		pthread_cond_broadcast(&s->o->cond);
+		pthread_mutex_unlock(&s->o->lock);
+	}
+	copy_submit_free(s);
+}
+
+/* Runs one load from the loop and waits for its callback. */
+static void loop_copy(struct test_loop *tl, struct lg_pg *pg, const struct lg_db_copy *c,
+		      struct outcome *o)
+{
+	outcome_reset(o);
+	assert_int_equal(lg_loop_post(tl->loop, copy_on_loop, copy_submit_new(pg, c, o)), 0);
+	assert_true(wait_done(o, 1, WAIT_S));
+	assert_int_equal(o->refused, 0);
+	assert_false(o->wrong_thread);
+	assert_false(o->bad_args);
+}
+
+static struct lg_db_stats pool_stats(struct lg_pg *pg)
+{
+	struct lg_db_stats st;
+
+	lg_pg_stats(pg, &st);
+	return st;
+}
+
+/* The claim of the examples: a batch id recorded once, in the load's own
+ * transaction. */
+#define CLAIM_SQL "INSERT INTO batches (id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING id"
+#define LOAD_TABLES "CREATE TABLE batches (id text PRIMARY KEY); " \
+	"CREATE TABLE t (id int, name text)"
+
+static struct lg_db_copy claimed_load(const char *const *batch_id, const char *rows)
+{
+	return (struct lg_db_copy){
+		.size = sizeof(struct lg_db_copy),
+		.claim_sql = CLAIM_SQL,
+		.nparams = 1,
+		.params = batch_id,
+		.copy_sql = "COPY t (id, name) FROM STDIN",
+		.data = rows,
+		.len = strlen(rows),
+	};
+}
+
+/* Captures what the process logs (lg_log writes to stderr) into a file. */
+struct log_capture {
+	int saved;
+	FILE *file;
+};
+
+static void capture_start(struct log_capture *c)
+{
+	c->file = tmpfile();
+	assert_non_null(c->file);
+	c->saved = dup(STDERR_FILENO);
+	assert_true(c->saved >= 0);
+	assert_true(dup2(fileno(c->file), STDERR_FILENO) >= 0);
+}
+
+/* Stops capturing; what was logged, malloc'ed. */
+static char *capture_stop(struct log_capture *c)
+{
+	char *text = calloc(1, 65536);
+
+	assert_non_null(text);
+	assert_true(dup2(c->saved, STDERR_FILENO) >= 0);
+	close(c->saved);
+	rewind(c->file);
+	text[fread(text, 1, 65535, c->file)] = '\0';
+	fclose(c->file);
+	fputs(text, stderr);
+	return text;
 }
 
 /* ---- URL handling ---- */
@@ -915,12 +1073,528 @@ static void test_listen_notify(void **state)
 	free(url);
 }
 
+/* ---- bulk loads ---- */
+
+static struct lg_pg *start_pool(const char *url, int size)
+{
+	struct lg_pg_config cfg = base_config(url);
+	struct lg_pg *pg;
+	char err[512];
+
+	cfg.pool_size = size;
+	pg = lg_pg_start(&cfg, err, sizeof err);
+	if (!pg)
+		fail_msg("%s", err);
+	return pg;
+}
+
+static void test_copy_loads_rows(void **state)
+{
+	/* Text format: a tab inside a value is escaped, \N is NULL. */
+	static const char rows[] = "1\talpha\n2\tO'Reilly \\t tabbed\n3\t\\N\n4\tünïcødé ✓\n";
+	static const char csv[] = "5,\"comma, quoted\"\n6,plain\n";
+	struct lg_db_copy c = {
+		.size = sizeof c, .copy_sql = "COPY t (id, name) FROM STDIN",
+		.data = rows, .len = strlen(rows),
+	};
+	char *url = pgt_fresh_db("lgt_pg_copy");
+	struct lg_db_stats before;
+	struct test_loop tl;
+	struct outcome o;
+	struct lg_pg *pg;
+
+	assert_non_null(url);
+	assert_true(pgt_exec(url, LOAD_TABLES));
+	pg = start_pool(url, 2);
+	loop_start(&tl, "copy");
+	outcome_init(&o, &tl);
+
+	before = pool_stats(pg);
+	loop_copy(&tl, pg, &c, &o);
+	assert_int_equal(o.ok, 1);
+	assert_int_equal(o.status, PGRES_COMMAND_OK);
+	assert_string_equal(o.cmd, "COPY 4");
+	assert_string_equal(o.tuples, "4");
+	/* One success per load, whatever its statements. */
+	assert_int_equal(pool_stats(pg).succeeded, before.succeeded + 1);
+	assert_int_equal(pool_stats(pg).errors, before.errors);
+	assert_query_value(url, "SELECT count(*) FROM t", "4");
+	assert_query_value(url, "SELECT string_agg(coalesce(name, '<null>'), '|' ORDER BY id) "
+			   "FROM t", "alpha|O'Reilly \t tabbed|<null>|ünïcødé ✓");
+
+	/* Any format COPY reads. */
+	c.copy_sql = "COPY t (id, name) FROM STDIN (FORMAT csv)";
+	c.data = csv;
+	c.len = strlen(csv);
+	loop_copy(&tl, pg, &c, &o);
+	assert_int_equal(o.ok, 1);
+	assert_string_equal(o.tuples, "2");
+	assert_query_value(url, "SELECT name FROM t WHERE id = 5", "comma, quoted");
+	assert_query_value(url, "SELECT count(*) FROM t", "6");
+
+	loop_join(&tl);
+	lg_pg_stop(pg);
+	lg_loop_free(tl.loop);
+	outcome_destroy(&o);
+	free(url);
+}
+
+/* Several MiB: sent in pieces that cut rows anywhere. */
+static void test_copy_large_load_in_chunks(void **state)
+{
+	const int nrows = 120000;
+	struct lg_db_copy c = { .size = sizeof c, .copy_sql = "COPY t (id, name) FROM STDIN" };
+	char *url = pgt_fresh_db("lgt_pg_copy_large");
+	size_t cap = (size_t)nrows * 64, len = 0;
+	char *rows = malloc(cap), err[512];
+	struct lg_pg *pg;
+	PGresult *res;
+
+	assert_non_null(url);
+	assert_non_null(rows);
+	for (int i = 1; i <= nrows; i++)
+		len += (size_t)snprintf(rows + len, cap - len, "%d\tname-%08d-padding-padding\n", i,
+					i);
+	assert_true(len > 3u << 20);
+	c.data = rows;
+	c.len = len;
+	assert_true(pgt_exec(url, LOAD_TABLES));
+	pg = start_pool(url, 1);
+
+	res = lg_pg_copy_sync(pg, &c, err, sizeof err);
+	if (!res)
+		fail_msg("%s", err);
+	assert_string_equal(PQcmdTuples(res), "120000");
+	PQclear(res);
+	assert_query_value(url, "SELECT count(*) FROM t", "120000");
+	assert_query_value(url, "SELECT sum(id) FROM t", "7200060000");
+	assert_query_value(url, "SELECT count(*) FROM t WHERE name <> "
+			   "'name-' || lpad(id::text, 8, '0') || '-padding-padding'", "0");
+
+	lg_pg_stop(pg);
+	free(rows);
+	free(url);
+}
+
+static void test_copy_claim_loads_once(void **state)
+{
+	const char *const b1[] = { "batch-1" }, *const b2[] = { "batch-2" };
+	struct lg_db_copy c1 = claimed_load(b1, "1\ta\n2\tb\n3\tc\n");
+	struct lg_db_copy c2 = claimed_load(b2, "4\td\n");
+	char *url = pgt_fresh_db("lgt_pg_copy_claim");
+	struct lg_db_stats before;
+	struct test_loop tl;
+	struct outcome o;
+	struct lg_pg *pg;
+
+	assert_non_null(url);
+	assert_true(pgt_exec(url, LOAD_TABLES));
+	pg = start_pool(url, 2);
+	loop_start(&tl, "claim");
+	outcome_init(&o, &tl);
+
+	loop_copy(&tl, pg, &c1, &o);
+	assert_int_equal(o.ok, 1);
+	assert_int_equal(o.status, PGRES_COMMAND_OK);
+	assert_string_equal(o.tuples, "3");
+
+	/* Sent again: the claim returns no row, the COPY is skipped, and the
+	 * callback has the claim's empty result. */
+	before = pool_stats(pg);
+	loop_copy(&tl, pg, &c1, &o);
+	assert_int_equal(o.ok, 1);
+	assert_int_equal(o.status, PGRES_TUPLES_OK);
+	assert_int_equal(o.ntuples, 0);
+	assert_string_equal(o.cmd, "INSERT 0 0");
+	assert_int_equal(pool_stats(pg).succeeded, before.succeeded + 1);
+	assert_query_value(url, "SELECT count(*) FROM t", "3");
+
+	loop_copy(&tl, pg, &c2, &o);
+	assert_string_equal(o.tuples, "1");
+	assert_query_value(url, "SELECT count(*) FROM t", "4");
+	assert_query_value(url, "SELECT string_agg(id, ',' ORDER BY id) FROM batches",
+			   "batch-1,batch-2");
+
+	loop_join(&tl);
+	lg_pg_stop(pg);
+	lg_loop_free(tl.loop);
+	outcome_destroy(&o);
+	free(url);
+}
+
+static PGconn *lock_table(const char *url, const char *table)
+{
+	PGconn *conn = PQconnectdb(url);
+	char sql[128];
+	PGresult *res;
+
+	assert_int_equal(PQstatus(conn), CONNECTION_OK);
+	snprintf(sql, sizeof sql, "BEGIN; LOCK TABLE %s IN ACCESS EXCLUSIVE MODE", table);
+	res = PQexec(conn, sql);
+	assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
+	PQclear(res);
+	return conn;
+}
+
+/* The claim's transaction-local settings hold for the COPY: a lock_timeout
+ * makes a load fail rather than wait for a table someone holds, and the
+ * claim goes with it, so the batch loads once the table is free. */
+static void test_copy_claim_lock_timeout(void **state)
+{
+	const char *const batch[] = { "batch-locked" };
+	struct lg_db_copy c = claimed_load(batch, "1\ta\n2\tb\n");
+	char *url = pgt_fresh_db("lgt_pg_copy_lock");
+	struct lg_pg_config cfg = base_config(url);
+	struct test_loop tl;
+	struct outcome o;
+	struct lg_pg *pg;
+	PGconn *locker;
+	PGresult *res;
+	char err[512];
+	double t0;
+
+	assert_non_null(url);
+	assert_true(pgt_exec(url, LOAD_TABLES));
+	c.claim_sql = "WITH claim AS (" CLAIM_SQL ") "
+		      "SELECT id, set_config('lock_timeout', '100', true) FROM claim";
+	/* Without the claim's lock_timeout the COPY would wait for this one,
+	 * and fail with another message. */
+	cfg.command_timeout_ms = 10000;
+	cfg.pool_size = 1;
+	pg = lg_pg_start(&cfg, err, sizeof err);
+	assert_non_null(pg);
+	loop_start(&tl, "lock");
+	outcome_init(&o, &tl);
+
+	locker = lock_table(url, "t");
+	t0 = pgt_now();
+	loop_copy(&tl, pg, &c, &o);
+	assert_int_equal(o.failed, 1);
+	assert_non_null(strstr(o.error, "lock timeout"));
+	assert_true(pgt_now() - t0 < 9.0);
+	assert_query_value(url, "SELECT count(*) FROM batches", "0");
+	/* Transaction-local: gone with the load's transaction. */
+	loop_query(&tl, pg, "SHOW lock_timeout", 0, NULL, &o);
+	assert_string_equal(o.value, "0");
+
+	res = PQexec(locker, "ROLLBACK");
+	assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
+	PQclear(res);
+	PQfinish(locker);
+	loop_copy(&tl, pg, &c, &o);
+	assert_int_equal(o.ok, 1);
+	assert_string_equal(o.tuples, "2");
+	assert_query_value(url, "SELECT count(*) FROM t", "2");
+	assert_query_value(url, "SELECT id FROM batches", "batch-locked");
+
+	loop_join(&tl);
+	lg_pg_stop(pg);
+	lg_loop_free(tl.loop);
+	outcome_destroy(&o);
+	free(url);
+}
+
+/* A load that fails: an error, nothing loaded, the claim undone, and the
+ * connection (the pool has one) back to no transaction without the
+ * warning of a stray one. */
+static void assert_load_refused(struct test_loop *tl, struct lg_pg *pg, const char *url,
+				const struct lg_db_copy *c, const char *want)
+{
+	struct log_capture cap;
+	struct lg_db_stats before = pool_stats(pg);
+	struct outcome o;
+	char *logged, *a, *b;
+
+	outcome_init(&o, tl);
+	capture_start(&cap);
+	loop_copy(tl, pg, c, &o);
+	a = sync_value(pg, "SELECT txid_current()");
+	b = sync_value(pg, "SELECT txid_current()");
+	logged = capture_stop(&cap);
+	assert_int_equal(o.failed, 1);
+	if (!strstr(o.error, want))
+		fail_msg("\"%s\" does not say \"%s\"", o.error, want);
+	/* Only the primary message: CONTEXT quotes the row. */
+	assert_null(strstr(o.error, "COPY t, line"));
+	assert_int_equal(pool_stats(pg).errors, before.errors + 1);
+	assert_int_equal(pool_stats(pg).unavailable, before.unavailable);
+	assert_null(strstr(logged, "transaction open"));
+	assert_string_not_equal(a, b);
+	assert_query_value(url, "SELECT count(*) FROM t", "0");
+	assert_query_value(url, "SELECT count(*) FROM batches", "0");
+	free(logged);
+	free(a);
+	free(b);
+	outcome_destroy(&o);
+}
+
+static void test_copy_bad_data_rolled_back(void **state)
+{
+	const char *const batch[] = { "batch-bad" };
+	struct lg_db_copy c = claimed_load(batch, "1\tok\n2\n3\tok\n");
+	char *url = pgt_fresh_db("lgt_pg_copy_bad");
+	struct test_loop tl;
+	struct outcome o;
+	struct lg_pg *pg;
+
+	assert_non_null(url);
+	assert_true(pgt_exec(url, LOAD_TABLES));
+	pg = start_pool(url, 1);
+	loop_start(&tl, "bad");
+	outcome_init(&o, &tl);
+
+	/* Only the primary message: the CONTEXT line quotes the row. */
+	assert_load_refused(&tl, pg, url, &c, "missing data for column \"name\"");
+	c.data = "1\tok\textra\n";
+	c.len = strlen(c.data);
+	assert_load_refused(&tl, pg, url, &c, "extra data after last expected column");
+	c.data = "x\tnot a number\n";
+	c.len = strlen(c.data);
+	assert_load_refused(&tl, pg, url, &c, "invalid input syntax for type integer");
+	/* Statements that are no COPY FROM STDIN, and a broken claim. */
+	c.copy_sql = "SELECT 1";
+	assert_load_refused(&tl, pg, url, &c, "not a COPY ... FROM STDIN statement");
+	c.copy_sql = "COPY t TO STDOUT";
+	assert_load_refused(&tl, pg, url, &c, "not a COPY ... FROM STDIN statement");
+	c.copy_sql = "COPY no_such_table FROM STDIN";
+	assert_load_refused(&tl, pg, url, &c, "no_such_table");
+	c.copy_sql = "COPY t (id, name) FROM STDIN";
+	c.claim_sql = "INSERT INTO batches (id) VALUES ($1)";
+	assert_load_refused(&tl, pg, url, &c, "the claim returns no rows");
+	c.claim_sql = "SELEC $1";
+	assert_load_refused(&tl, pg, url, &c, "syntax error");
+
+	/* The same connection loads a good batch at once. */
+	c = claimed_load(batch, "1\tok\n");
+	loop_copy(&tl, pg, &c, &o);
+	assert_int_equal(o.ok, 1);
+	assert_string_equal(o.tuples, "1");
+	assert_query_value(url, "SELECT count(*) FROM t", "1");
+
+	loop_join(&tl);
+	lg_pg_stop(pg);
+	lg_loop_free(tl.loop);
+	outcome_destroy(&o);
+	free(url);
+}
+
+static void test_copy_empty_load(void **state)
+{
+	const char *const batch[] = { "batch-empty" };
+	struct lg_db_copy c = {
+		.size = sizeof c, .copy_sql = "COPY t (id, name) FROM STDIN",
+		.data = NULL, .len = 0,
+	};
+	char *url = pgt_fresh_db("lgt_pg_copy_empty");
+	struct test_loop tl;
+	struct outcome o;
+	struct lg_pg *pg;
+
+	assert_non_null(url);
+	assert_true(pgt_exec(url, LOAD_TABLES));
+	pg = start_pool(url, 1);
+	loop_start(&tl, "empty");
+	outcome_init(&o, &tl);
+
+	loop_copy(&tl, pg, &c, &o);
+	assert_int_equal(o.ok, 1);
+	assert_int_equal(o.status, PGRES_COMMAND_OK);
+	assert_string_equal(o.cmd, "COPY 0");
+	assert_string_equal(o.tuples, "0");
+	/* With a claim: the batch counts as loaded. */
+	c = claimed_load(batch, "");
+	loop_copy(&tl, pg, &c, &o);
+	assert_int_equal(o.ok, 1);
+	assert_string_equal(o.cmd, "COPY 0");
+	assert_query_value(url, "SELECT count(*) FROM t", "0");
+	assert_query_value(url, "SELECT id FROM batches", "batch-empty");
+
+	loop_join(&tl);
+	lg_pg_stop(pg);
+	lg_loop_free(tl.loop);
+	outcome_destroy(&o);
+	free(url);
+}
+
+static void test_copy_sync(void **state)
+{
+	const char *const batch[] = { "batch-sync" };
+	struct lg_db_copy c = claimed_load(batch, "7\tseven\n8\teight\n");
+	char *url = pgt_fresh_db("lgt_pg_copy_sync");
+	struct lg_pg *pg;
+	PGresult *res;
+	char err[512];
+
+	assert_non_null(url);
+	assert_true(pgt_exec(url, LOAD_TABLES));
+	pg = start_pool(url, 2);
+
+	res = lg_pg_copy_sync(pg, &c, err, sizeof err);
+	if (!res)
+		fail_msg("%s", err);
+	assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
+	assert_string_equal(PQcmdTuples(res), "2");
+	PQclear(res);
+	res = lg_pg_copy_sync(pg, &c, err, sizeof err);
+	assert_non_null(res);
+	assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+	assert_int_equal(PQntuples(res), 0);
+	PQclear(res);
+	assert_query_value(url, "SELECT string_agg(name, ',' ORDER BY id) FROM t", "seven,eight");
+
+	c.data = "9\n";
+	c.len = 2;
+	c.params = (const char *const[]){ "batch-sync-bad" };
+	err[0] = '\0';
+	assert_null(lg_pg_copy_sync(pg, &c, err, sizeof err));
+	assert_non_null(strstr(err, "missing data"));
+	assert_query_value(url, "SELECT count(*) FROM batches", "1");
+
+	lg_pg_stop(pg);
+	free(url);
+}
+
+static void test_copy_refuses_bad_arguments(void **state)
+{
+	const char *const batch[] = { "b" };
+	const struct lg_db_copy good = claimed_load(batch, "1\ta\n");
+	char *url = pgt_fresh_db("lgt_pg_copy_args");
+	struct lg_db_copy c;
+	struct test_loop tl;
+	struct outcome o;
+	struct lg_pg *pg;
+	char err[512];
+
+	assert_non_null(url);
+	pg = start_pool(url, 1);
+	loop_start(&tl, "args");
+	outcome_init(&o, &tl);
+
+	assert_int_equal(lg_pg_copy(pg, tl.loop, NULL, on_result, &o), -EINVAL);
+	assert_int_equal(lg_pg_copy(pg, NULL, &good, on_result, &o), -EINVAL);
+	assert_int_equal(lg_pg_copy(pg, tl.loop, &good, NULL, &o), -EINVAL);
+	c = good;
+	c.size = sizeof c - 1;
+	assert_int_equal(lg_pg_copy(pg, tl.loop, &c, on_result, &o), -EINVAL);
+	c = good;
+	c.copy_sql = NULL;
+	assert_int_equal(lg_pg_copy(pg, tl.loop, &c, on_result, &o), -EINVAL);
+	c = good;
+	c.params = NULL;
+	assert_int_equal(lg_pg_copy(pg, tl.loop, &c, on_result, &o), -EINVAL);
+	c = good;
+	c.nparams = -1;
+	assert_int_equal(lg_pg_copy(pg, tl.loop, &c, on_result, &o), -EINVAL);
+	c = good;
+	c.claim_sql = NULL;      /* parameters without a claim */
+	assert_int_equal(lg_pg_copy(pg, tl.loop, &c, on_result, &o), -EINVAL);
+	c = good;
+	c.data = NULL;
+	assert_int_equal(lg_pg_copy(pg, tl.loop, &c, on_result, &o), -EINVAL);
+	c.size = 0;
+	err[0] = '\0';
+	assert_null(lg_pg_copy_sync(pg, &c, err, sizeof err));
+	assert_non_null(strstr(err, "invalid"));
+	assert_null(lg_pg_copy_sync(pg, NULL, err, sizeof err));
+	/* A longer struct of a later ABI is fine. */
+	{
+		struct { struct lg_db_copy c; uint64_t later; } longer = { good, 0 };
+		PGresult *res;
+
+		assert_true(pgt_exec(url, LOAD_TABLES));
+		longer.c.size = sizeof longer;
+		res = lg_pg_copy_sync(pg, &longer.c, err, sizeof err);
+		if (!res)
+			fail_msg("%s", err);
+		assert_string_equal(PQcmdTuples(res), "1");
+		PQclear(res);
+	}
+	assert_int_equal(o.done, 0);
+
+	loop_join(&tl);
+	lg_pg_stop(pg);
+	lg_loop_free(tl.loop);
+	outcome_destroy(&o);
+	free(url);
+}
+
+/* Kills the pool's backend that runs a statement containing @marker;
+ * whether one was found. */
+static bool terminate_backend(const char *url, const char *marker)
+{
+	char sql[512];
+	double deadline = pgt_now() + WAIT_S;
+
+	snprintf(sql, sizeof sql, "SELECT bool_or(pg_terminate_backend(pid)) FROM pg_stat_activity "
+		 "WHERE application_name = 'llmgate-test' AND state = 'active' "
+		 "AND strpos(query, '%s') > 0", marker);
+	while (pgt_now() < deadline) {
+		char *v = pgt_query(url, sql);
+		bool done = v && strcmp(v, "t") == 0;
+
+		free(v);
+		if (done)
+			return true;
+		usleep(20000);
+	}
+	return false;
+}
+
+/* The connection dies in the middle of a load: an outage, not a statement
+ * error, nothing committed, and the next statement gets a new connection. */
+static void test_copy_connection_lost(void **state)
+{
+	const char *const batch[] = { "batch-lost" };
+	struct lg_db_copy c = claimed_load(batch, "1\ta\n");
+	char *url = pgt_fresh_db("lgt_pg_copy_lost");
+	struct lg_db_stats before;
+	struct test_loop tl;
+	struct outcome o;
+	struct lg_pg *pg;
+
+	assert_non_null(url);
+	assert_true(pgt_exec(url, LOAD_TABLES));
+	pg = start_pool(url, 1);
+	loop_start(&tl, "lost");
+	outcome_init(&o, &tl);
+	c.claim_sql = "WITH claim AS (" CLAIM_SQL ") "
+		      "SELECT id FROM claim, pg_sleep(30) AS lost_marker";
+
+	before = pool_stats(pg);
+	outcome_reset(&o);
+	assert_int_equal(lg_loop_post(tl.loop, copy_on_loop, copy_submit_new(pg, &c, &o)), 0);
+	assert_true(terminate_backend(url, "lost_marker"));
+	assert_true(wait_done(&o, 1, WAIT_S));
+	assert_int_equal(o.failed, 1);
+	if (strncmp(o.error, "database connection lost: ", 26) != 0)
+		fail_msg("%s", o.error);
+	assert_null(strstr(o.error, pgt_env("LG_TEST_PG_PASSWORD")));
+	assert_int_equal(pool_stats(pg).unavailable, before.unavailable + 1);
+	assert_int_equal(pool_stats(pg).errors, before.errors);
+	assert_query_value(url, "SELECT count(*) FROM batches", "0");
+
+	loop_query(&tl, pg, "SELECT 'again'", 0, NULL, &o);
+	assert_int_equal(o.ok, 1);
+	assert_string_equal(o.value, "again");
+	assert_int_equal(pool_stats(pg).reconnects, before.reconnects + 1);
+
+	loop_join(&tl);
+	lg_pg_stop(pg);
+	lg_loop_free(tl.loop);
+	outcome_destroy(&o);
+	free(url);
+}
+
 /* ---- an outage: runs last, it restarts the server ---- */
 
 static void test_database_restart(void **state)
 {
+	const char *const batch[] = { "batch-restart" };
+	const struct lg_db_copy load = claimed_load(batch, "1\ta\n2\tb\n");
 	char *url = pgt_fresh_db("lgt_pg_restart");
 	struct lg_pg_config cfg = base_config(url);
+	struct lg_db_stats before;
+	PGresult *res;
 	struct notes heard = { 0 };
 	struct listen_req r;
 	struct test_loop tl;
@@ -960,6 +1634,18 @@ static void test_database_restart(void **state)
 	assert_null(strstr(err, pgt_env("LG_TEST_PG_PASSWORD")));
 	assert_false(lg_pg_healthy(pg));
 
+	/* Bulk loads fail the same way, as an outage. */
+	before = pool_stats(pg);
+	loop_copy(&tl, pg, &load, &o);
+	assert_int_equal(o.failed, 1);
+	assert_non_null(strstr(o.error, "database"));
+	assert_null(strstr(o.error, pgt_env("LG_TEST_PG_PASSWORD")));
+	err[0] = '\0';
+	assert_null(lg_pg_copy_sync(pg, &load, err, sizeof err));
+	assert_non_null(strstr(err, "database"));
+	assert_int_equal(pool_stats(pg).unavailable, before.unavailable + 2);
+	assert_int_equal(pool_stats(pg).errors, before.errors);
+
 	assert_true(pgt_pg_ctl("start", NULL));
 
 	/* Back within the backoff (2 s at most) plus a reconnect. */
@@ -972,6 +1658,15 @@ static void test_database_restart(void **state)
 	}
 	assert_true(back);
 	assert_true(lg_pg_healthy(pg));
+	/* Made only now: the test cluster does not flush commits to disk, so
+	 * an immediate stop may lose recent ones. */
+	assert_true(pgt_exec(url, LOAD_TABLES));
+	res = lg_pg_copy_sync(pg, &load, err, sizeof err);
+	if (!res)
+		fail_msg("%s", err);
+	assert_string_equal(PQcmdTuples(res), "2");
+	PQclear(res);
+	assert_query_value(url, "SELECT count(*) FROM t", "2");
 
 	/* The LISTEN connection came back and listens again. */
 	notes_reset(&heard);
@@ -1001,6 +1696,15 @@ int main(void)
 		cmocka_unit_test(test_start_fails_on_closed_port),
 		cmocka_unit_test(test_wrong_password_not_shown),
 		cmocka_unit_test(test_listen_notify),
+		cmocka_unit_test(test_copy_loads_rows),
+		cmocka_unit_test(test_copy_large_load_in_chunks),
+		cmocka_unit_test(test_copy_claim_loads_once),
+		cmocka_unit_test(test_copy_claim_lock_timeout),
+		cmocka_unit_test(test_copy_bad_data_rolled_back),
+		cmocka_unit_test(test_copy_empty_load),
+		cmocka_unit_test(test_copy_sync),
+		cmocka_unit_test(test_copy_refuses_bad_arguments),
+		cmocka_unit_test(test_copy_connection_lost),
 		cmocka_unit_test(test_database_restart),  /* last: restarts the server */
 	};
 

@@ -71,6 +71,39 @@ struct lg_db_stats {
 	uint64_t reconnects;
 };
 
+/**
+ * struct lg_db_copy - a bulk load for host->db_copy() (ABI 1.3): rows sent
+ * with COPY ... FROM STDIN, in one transaction, after an optional claim.
+ * @size:      sizeof(struct lg_db_copy): members added later start past it.
+ * @nparams:   the number of @params of @claim_sql (0 without a claim).
+ * @claim_sql: NULL, or a parameterised statement run first, in the same
+ *             transaction, that returns rows (RETURNING, or a function
+ *             returning a set; one that returns none fails the load). When
+ *             it returns no row the COPY is skipped and the transaction
+ *             commits what the claim did. Settings it makes
+ *             for the transaction (set_config(name, value, true): a
+ *             lock_timeout, say) hold for the COPY too.
+ * @params:    the claim's text parameters ($1...); NULL is SQL NULL.
+ * @copy_sql:  the COPY ... FROM STDIN statement (any format COPY reads).
+ * @data:      the rows, exactly as that statement reads them.
+ * @len:       the bytes of @data (0: no rows).
+ *
+ * A claim gives exactly-once loads: one that inserts the batch's id into a
+ * table of loaded batches with ON CONFLICT DO NOTHING RETURNING returns no
+ * row when a committed transaction loaded that batch already, so a batch
+ * sent again (its reply lost on the way, replayed from a journal, sent by
+ * two connections at once) adds its rows once.
+ */
+struct lg_db_copy {
+	uint32_t size;
+	int32_t nparams;
+	const char *claim_sql;
+	const char *const *params;
+	const char *copy_sql;
+	const char *data;
+	size_t len;
+};
+
 #ifdef __cplusplus
 }
 #endif

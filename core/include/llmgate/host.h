@@ -315,7 +315,24 @@ struct lg_host {
 	 * core does not have. */
 	int (*core_setting_bool)(struct lg_plugin *self, const char *name, bool *out);
 
-	/* 1.3+ members go below, never above */
+	/* ---- 1.3 ---- */
+
+	/** db_copy() - load rows with COPY FROM STDIN in one transaction, after
+	 * an optional claim (struct lg_db_copy, <llmgate/db.h>); @cb runs on
+	 * the calling loop. @res is the COPY's result (PQcmdTuples(): the rows
+	 * loaded) or, when the claim returned no row, the claim's (no COPY
+	 * ran). On error nothing is loaded: the transaction is rolled back.
+	 * Ownership: everything @copy points to is copied. Thread: loop.
+	 * -EINVAL for a bad @copy (wrong size, no copy_sql, len without data). */
+	int (*db_copy)(struct lg_plugin *self, const struct lg_db_copy *copy, lg_db_fn cb,
+		       void *arg);
+	/** db_copy_sync() - the same, blocking, where db_query_sync() may be
+	 * used. Ownership: *out is the caller's (PQclear()); NULL on error, with
+	 * @err (if not NULL) set. Thread: main or work pool. */
+	int (*db_copy_sync)(struct lg_plugin *self, const struct lg_db_copy *copy,
+			    PGresult **out, char *err, size_t errlen);
+
+	/* 1.4+ members go below, never above */
 };
 
 /** LG_HOST_HAS() - whether the running host has vtable member @m. */

@@ -26,6 +26,8 @@
  *        struct lg_call gains cost, kwh and kgco2eq.
  *   1.2  host->db_stats() (the PostgreSQL pool's state, for metrics),
  *        host->core_setting_bool() (the core's settings: section).
+ *   1.3  host->db_copy(), host->db_copy_sync() (bulk loads with COPY, made
+ *        exactly-once by a claim in the same transaction).
  */
 #ifndef LLMGATE_PLUGIN_H
 #define LLMGATE_PLUGIN_H
@@ -39,7 +41,7 @@ extern "C" {
 #endif
 
 #define LG_ABI_MAJOR 1
-#define LG_ABI_MINOR 2
+#define LG_ABI_MINOR 3
 
 #define LG_EXPORT __attribute__((visibility("default")))
 #define LG_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
