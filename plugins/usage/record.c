@@ -187,8 +187,10 @@ static void put_now(struct out *o)
 
 /* Record ids must be unique, not secret: each thread draws a random 64-bit
  * prefix once and counts after it (big-endian, so that one thread's ids
- * grow and land side by side in the unique index). Drawing 16 random bytes
- * per record was a getrandom() system call per request. */
+ * sort in the order it made them). No index checks them: batches are
+ * loaded once (usage.c), and two threads share a prefix with odds of one
+ * in 2^64. Drawing 16 random bytes per record was a getrandom() system
+ * call per request. */
 static _Thread_local struct {
 	unsigned char prefix[8];
 	uint64_t next;

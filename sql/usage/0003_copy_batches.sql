@@ -3,7 +3,7 @@
 -- reply lost on the way, replayed from the journal after a crash, sent at
 -- stop while the first try still runs) finds its claim and adds nothing.
 -- This replaces the per-row ON CONFLICT of usage_insert_batch(), which
--- stays for records journaled as JSON by an llmgate before this migration.
+-- stays, rewritten below, for records journaled as JSON by llmgate 0.2.
 CREATE TABLE usage_batches (
 	batch_id text PRIMARY KEY,
 	created timestamptz NOT NULL DEFAULT now(),
@@ -22,6 +22,43 @@ BEGIN
 	PERFORM set_config('lock_timeout', lock_wait, true);
 	RETURN QUERY INSERT INTO usage_batches AS b (batch_id, rows) VALUES (claim, nrows)
 		ON CONFLICT DO NOTHING RETURNING b.batch_id;
+END
+$$;
+
+-- With each batch loaded once, a row needs no unique check of its own: the
+-- unique index on record_id, probed for every row, cost PostgreSQL more CPU
+-- per row than its share of the COPY (record ids stay unique: a random
+-- prefix per gateway thread and a counter). The key index goes too: every
+-- usage query filters on the user or the organization first, whose
+-- indexes serve it.
+DROP INDEX usage_record_id;
+DROP INDEX usage_key_created;
+
+-- Records journaled as JSON by llmgate 0.2 (replayed once after an
+-- upgrade): idempotent on record_id without the unique index, through the
+-- request_id index (a record's request id and time are known with it).
+CREATE OR REPLACE FUNCTION usage_insert_batch(records json, lock_wait text) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+	n bigint;
+BEGIN
+	PERFORM set_config('lock_timeout', lock_wait, true);
+	INSERT INTO usage (record_id, request_id, created, endpoint, method, status,
+		user_id, key_id, organization_id, user_name, key_name, model_id, model_name,
+		provider_id, provider_type, provider_model, prompt_tokens, completion_tokens,
+		total_tokens, usage_estimated, latency_ms, ttft_ms, cost, kwh, kgco2eq,
+		client_gone, error)
+	SELECT DISTINCT ON (r.record_id) r.record_id, r.request_id, r.created, r.endpoint,
+		r.method, r.status, r.user_id, r.key_id, r.organization_id, r.user_name,
+		r.key_name, r.model_id, r.model_name, r.provider_id, r.provider_type,
+		r.provider_model, r.prompt_tokens, r.completion_tokens, r.total_tokens,
+		r.usage_estimated, r.latency_ms, r.ttft_ms, r.cost, r.kwh, r.kgco2eq,
+		r.client_gone, r.error
+	FROM json_populate_recordset(NULL::usage, records) r
+	WHERE NOT EXISTS (SELECT 1 FROM usage u WHERE u.request_id = r.request_id
+			  AND u.created = r.created AND u.record_id = r.record_id);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
 END
 $$;
 
