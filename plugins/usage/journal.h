@@ -4,7 +4,8 @@
  * line per record: "<hash> <payload>\n", the hash (BLAKE2b-128, hex)
  * covering the payload, so a torn or damaged line is recognised and skipped
  * on replay. The payload is the prefix given to journal_append() followed
- * by the record (usage.c: "<batch id> <COPY line>"); segments written by
+ * by the record (usage.c: "<batch id> <binary COPY tuple in base64>");
+ * segments written by
  * llmgate 0.2 (usage-<seq>.jsonl, renamed when the journal opens) hold
  * JSON objects instead. */
 #ifndef LLMGATE_USAGE_JOURNAL_H

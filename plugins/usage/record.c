@@ -1,16 +1,20 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* record.c: one ledger record, a line of COPY's text format for
- * usage_copy_sql (tab-separated columns, \N for NULL, no newline), written
- * in one pass on the worker that completed the call. This runs once per
- * forwarded request, so it allocates once: the worst-case size is known
- * before writing (every string byte at most three bytes of output), the
- * record is written into a stack buffer and copied out at its exact length.
+/* record.c: one ledger record, a tuple of COPY's binary format for
+ * usage_copy_sql (a field count, then each column as its length and its
+ * bytes in PostgreSQL's binary form: -1 for NULL), written in one pass on
+ * the worker that completed the call. Binary because PostgreSQL reads it
+ * with about a third less CPU per row than text, where it parses every
+ * number and the timestamp. This runs once per forwarded request, so it
+ * allocates once: the worst-case size is known before writing (every string
+ * byte at most three bytes of output), the record is written into a stack
+ * buffer and copied out at its exact length.
  *
  * PostgreSQL refuses a whole COPY for one byte of invalid UTF-8: a client's
  * request id or an upstream's error message must not be able to poison a
  * batch (it would stay in the journal for ever), so invalid sequences are
  * written as U+FFFD. Numbers that are not finite are written NULL where the
  * column allows it and 0 where it does not. */
+#include <endian.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,29 +26,67 @@
 
 #include "usage.h"
 
+/* The columns and, in comments, the binary form record.c writes for each:
+ * changing a column's type in a migration means changing its writer. */
 const char usage_copy_sql[] =
 	"COPY usage (record_id, request_id, created, endpoint, method, status, user_id, key_id, "
 	"organization_id, user_name, key_name, model_id, model_name, provider_id, provider_type, "
 	"provider_model, prompt_tokens, completion_tokens, total_tokens, usage_estimated, "
-	"latency_ms, ttft_ms, cost, kwh, kgco2eq, client_gone, error) FROM STDIN";
+	"latency_ms, ttft_ms, cost, kwh, kgco2eq, client_gone, error) FROM STDIN "
+	"WITH (FORMAT binary)";
 
+#define NCOLUMNS 27
 #define RECORD_ID_BYTES 16      /* a thread's 8-byte prefix, then its counter */
-#define FIXED_MAX 1024          /* keys, punctuation, numbers, ids, the date */
+#define FIXED_MAX 512           /* the field count, lengths, numbers, ids, the date */
 #define STACK_MAX 4096
+#define PG_EPOCH_OFFSET 946684800LL     /* 2000-01-01 in Unix time: timestamptz's zero */
+
+/* COPY's binary file header (signature, flags, no extension) and trailer. */
+const char usage_copy_header[USAGE_COPY_HEADER_LEN] = "PGCOPY\n\377\r\n\0"
+						      "\0\0\0\0" "\0\0\0\0";
+const char usage_copy_trailer[USAGE_COPY_TRAILER_LEN] = "\377\377";
 
 struct out {
 	char *p;
 	size_t n;
 };
 
-static void put(struct out *o, const char *s, size_t len)
+static void put(struct out *o, const void *s, size_t len)
 {
 	memcpy(o->p + o->n, s, len);
 	o->n += len;
 }
 
-#define PUT_LIT(o, s) put((o), (s), sizeof(s) - 1)
-#define TAB(o) ((o)->p[(o)->n++] = '\t')
+static void put_be16(struct out *o, uint16_t v)
+{
+	v = htobe16(v);
+	put(o, &v, sizeof v);
+}
+
+static void put_be32(struct out *o, uint32_t v)
+{
+	v = htobe32(v);
+	put(o, &v, sizeof v);
+}
+
+static void put_be64(struct out *o, uint64_t v)
+{
+	v = htobe64(v);
+	put(o, &v, sizeof v);
+}
+
+static void put_null(struct out *o)
+{
+	put_be32(o, UINT32_MAX);        /* -1 */
+}
+
+/* Writes, at @at, the length of what follows it. */
+static void len_at(struct out *o, size_t at)
+{
+	uint32_t len = htobe32((uint32_t)(o->n - at - 4));
+
+	memcpy(o->p + at, &len, sizeof len);
+}
 
 /* The length of the valid UTF-8 sequence at @s (@n bytes left), 0 when it
  * is not one (overlong forms, surrogates and code points past U+10FFFF are
@@ -67,122 +109,87 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
 	return len;
 }
 
-/* A text column of COPY's text format: backslash, tab, newline and
- * carriage return escaped. At most 3 bytes of output per input byte (an
- * invalid byte becomes U+FFFD). */
-static void put_str(struct out *o, const char *s)
+/* text: the bytes, invalid sequences as U+FFFD (at most 3 bytes of output
+ * per input byte); NULL for a NULL @s. */
+static void put_text(struct out *o, const char *s)
 {
 	const unsigned char *p = (const unsigned char *)s;
-	size_t left;
+	size_t at, left;
 
 	if (!s) {
-		PUT_LIT(o, "\\N");
+		put_null(o);
 		return;
 	}
+	at = o->n;
+	put_be32(o, 0);                 /* the length, once known */
 	left = strlen(s);
 	while (left > 0) {
-		unsigned char c = *p;
 		size_t len = utf8_seq(p, left);
 
 		if (len == 0) {
-			PUT_LIT(o, "\xEF\xBF\xBD");
+			put(o, "\xEF\xBF\xBD", 3);
 			len = 1;
-		} else if (c == '\\' || c == '\t' || c == '\n' || c == '\r') {
-			o->p[o->n++] = '\\';
-			o->p[o->n++] = c == '\\' ? '\\' : c == '\t' ? 't' : c == '\n' ? 'n' : 'r';
 		} else {
-			put(o, (const char *)p, len);
+			put(o, p, len);
 		}
 		p += len;
 		left -= len;
 	}
+	len_at(o, at);
 }
 
-static void put_int(struct out *o, long long v)
+/* int4 and int8 */
+static void put_int4(struct out *o, int32_t v)
 {
-	char digits[24];
-	size_t k = sizeof digits;
-	unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-
-	do {
-		digits[--k] = (char)('0' + u % 10);
-		u /= 10;
-	} while (u);
-	if (v < 0)
-		digits[--k] = '-';
-	put(o, digits + k, sizeof digits - k);
+	put_be32(o, 4);
+	put_be32(o, (uint32_t)v);
 }
 
-#define NULL_FIELD "\\N"
+static void put_int8(struct out *o, int64_t v)
+{
+	put_be32(o, 8);
+	put_be64(o, (uint64_t)v);
+}
 
 /* An id the gateway did not have (0) is NULL. */
 static void put_id(struct out *o, int64_t id)
 {
 	if (id > 0)
-		put_int(o, id);
+		put_int8(o, id);
 	else
-		PUT_LIT(o, NULL_FIELD);
+		put_null(o);
 }
 
 static void put_bool(struct out *o, bool b)
 {
-	o->p[o->n++] = b ? 't' : 'f';
+	put_be32(o, 1);
+	o->p[o->n++] = b ? 1 : 0;
 }
 
-/* The shortest text that reads back as the same double, as in replies. */
-static void put_double(struct out *o, double x, const char *if_not_finite)
+/* float8; a value that is not finite is NULL, or 0 when @zero_instead. */
+static void put_float8(struct out *o, double x, bool zero_instead)
 {
-	char s[32];
-	int len = 0;
+	uint64_t bits;
 
 	if (!isfinite(x)) {
-		put(o, if_not_finite, strlen(if_not_finite));
-		return;
+		if (!zero_instead) {
+			put_null(o);
+			return;
+		}
+		x = 0;
 	}
-	if (x == 0) {
-		PUT_LIT(o, "0");
-		return;
-	}
-	for (int digits = 15; digits <= 17; digits++) {
-		len = snprintf(s, sizeof s, "%.*g", digits, x);
-		if (strtod(s, NULL) == x)
-			break;
-	}
-	put(o, s, (size_t)len);
+	memcpy(&bits, &x, sizeof bits);
+	put_be32(o, 8);
+	put_be64(o, bits);
 }
 
-static void put_2digits(struct out *o, int v)
-{
-	o->p[o->n++] = (char)('0' + v / 10 % 10);
-	o->p[o->n++] = (char)('0' + v % 10);
-}
-
-/* YYYY-MM-DDTHH:MM:SS.uuuuuuZ, UTC, now. */
+/* timestamptz: microseconds since 2000-01-01 UTC, now. */
 static void put_now(struct out *o)
 {
 	struct timespec ts;
-	struct tm tm;
-	long usec;
 
 	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
-	usec = ts.tv_nsec / 1000;
-	put_int(o, tm.tm_year + 1900);
-	o->p[o->n++] = '-';
-	put_2digits(o, tm.tm_mon + 1);
-	o->p[o->n++] = '-';
-	put_2digits(o, tm.tm_mday);
-	o->p[o->n++] = 'T';
-	put_2digits(o, tm.tm_hour);
-	o->p[o->n++] = ':';
-	put_2digits(o, tm.tm_min);
-	o->p[o->n++] = ':';
-	put_2digits(o, tm.tm_sec);
-	o->p[o->n++] = '.';
-	put_2digits(o, (int)(usec / 10000));
-	put_2digits(o, (int)(usec / 100 % 100));
-	put_2digits(o, (int)(usec % 100));
-	o->p[o->n++] = 'Z';
+	put_int8(o, ((int64_t)ts.tv_sec - PG_EPOCH_OFFSET) * 1000000 + ts.tv_nsec / 1000);
 }
 
 /* Record ids must be unique, not secret: each thread draws a random 64-bit
@@ -213,12 +220,13 @@ static void put_record_id(struct out *o)
 	for (int i = 7; i >= 0; i--, n >>= 8)
 		rid[8 + i] = (unsigned char)(n & 0xFF);
 	sodium_bin2hex(hex, sizeof hex, rid, sizeof rid);
+	put_be32(o, RECORD_ID_BYTES * 2);
 	put(o, hex, RECORD_ID_BYTES * 2);
 }
 
 static size_t str_room(const char *s)
 {
-	return s ? 3 * strlen(s) : sizeof NULL_FIELD;
+	return s ? 3 * strlen(s) : 0;
 }
 
 double usage_call_cost(const struct lg_call *c)
@@ -233,76 +241,50 @@ double usage_call_cost(const struct lg_call *c)
 	return isfinite(cost) ? cost : 0;
 }
 
-/* The columns in the order usage_copy_sql names them, each followed by a
- * tab but the last. */
+/* The columns in the order usage_copy_sql names them. */
 static void put_fields(struct out *o, const struct lg_call *c, const char *method,
 		       const struct lg_principal *who)
 {
+	put_be16(o, NCOLUMNS);
 	put_record_id(o);
-	TAB(o);
-	put_str(o, c->request_id ? c->request_id : "");
-	TAB(o);
+	put_text(o, c->request_id ? c->request_id : "");
 	put_now(o);
-	TAB(o);
-	put_str(o, c->endpoint ? c->endpoint : "");
-	TAB(o);
-	put_str(o, method ? method : "");
-	TAB(o);
-	put_int(o, c->status);
-	TAB(o);
+	put_text(o, c->endpoint ? c->endpoint : "");
+	put_text(o, method ? method : "");
+	put_int4(o, c->status);
 	put_id(o, who ? who->user_id : 0);
-	TAB(o);
 	put_id(o, who ? who->key_id : 0);
-	TAB(o);
 	put_id(o, who ? who->organization_id : 0);
-	TAB(o);
-	put_str(o, who ? who->user_name : NULL);
-	TAB(o);
-	put_str(o, who ? who->key_name : NULL);
-	TAB(o);
+	put_text(o, who ? who->user_name : NULL);
+	put_text(o, who ? who->key_name : NULL);
 	put_id(o, c->model_id);
-	TAB(o);
-	put_str(o, c->model_name);
-	TAB(o);
+	put_text(o, c->model_name);
 	put_id(o, c->provider_id);
-	TAB(o);
-	put_str(o, c->provider_type);
-	TAB(o);
-	put_str(o, c->provider_model);
-	TAB(o);
-	put_int(o, c->prompt_tokens);
-	TAB(o);
-	put_int(o, c->completion_tokens);
-	TAB(o);
-	put_int(o, c->total_tokens);
-	TAB(o);
+	put_text(o, c->provider_type);
+	put_text(o, c->provider_model);
+	put_int8(o, c->prompt_tokens);
+	put_int8(o, c->completion_tokens);
+	put_int8(o, c->total_tokens);
 	put_bool(o, c->usage_estimated);
-	TAB(o);
-	put_double(o, c->latency_ms, "0");
-	TAB(o);
-	put_double(o, c->ttft_ms >= 0 ? c->ttft_ms : NAN, NULL_FIELD);
-	TAB(o);
-	put_double(o, usage_call_cost(c), "0");
-	TAB(o);
+	put_float8(o, c->latency_ms, true);
+	put_float8(o, c->ttft_ms >= 0 ? c->ttft_ms : NAN, false);
+	put_float8(o, usage_call_cost(c), true);
 	/* Impacts the host did not give are unknown, not zero. */
-	put_double(o, CALL_HAS(c, kwh) ? c->kwh : NAN, NULL_FIELD);
-	TAB(o);
-	put_double(o, CALL_HAS(c, kgco2eq) ? c->kgco2eq : NAN, NULL_FIELD);
-	TAB(o);
+	put_float8(o, CALL_HAS(c, kwh) ? c->kwh : NAN, false);
+	put_float8(o, CALL_HAS(c, kgco2eq) ? c->kgco2eq : NAN, false);
 	put_bool(o, c->client_gone);
-	TAB(o);
-	put_str(o, c->error);
+	put_text(o, c->error);
 }
 
-char *usage_record_line(const struct lg_call *c, const char *method,
-			const struct lg_principal *who)
+struct usage_record *usage_record_new(const struct lg_call *c, const char *method,
+				      const struct lg_principal *who)
 {
 	char stack[STACK_MAX];
 	struct out o = { stack, 0 };
 	size_t room = FIXED_MAX + str_room(c->request_id) + str_room(c->endpoint) +
 		      str_room(method) + str_room(c->model_name) + str_room(c->provider_type) +
 		      str_room(c->provider_model) + str_room(c->error);
-	char *text;
+	struct usage_record *r;
 
 	if (who)
 		room += str_room(who->user_name) + str_room(who->key_name);
@@ -312,11 +294,12 @@ char *usage_record_line(const struct lg_call *c, const char *method,
 			return NULL;
 	}
 	put_fields(&o, c, method, who);
-	o.p[o.n++] = '\0';
+	r = malloc(sizeof *r + o.n);
+	if (r) {
+		r->len = (uint32_t)o.n;
+		memcpy(r->data, o.p, o.n);
+	}
 	if (o.p != stack)
-		return realloc(o.p, o.n) ?: o.p;
-	text = malloc(o.n);
-	if (text)
-		memcpy(text, stack, o.n);
-	return text;
+		free(o.p);
+	return r;
 }

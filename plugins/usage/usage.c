@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* usage: the ledger of forwarded calls (DESIGN §9). The COMPLETE hook turns
- * each call into one record, a line of COPY text (record.c), and queues it,
+ * each call into one record, a tuple of binary COPY (record.c), and queues it,
  * on the worker, without waking anybody; a timer on the main loop sends the
  * queue to PostgreSQL in batches (one COPY per batch, host->db_copy()).
  * Batches the database does not take go to an append-only journal on disk,
@@ -51,13 +51,14 @@ static const char json_insert_sql[] = "SELECT usage_insert_batch($1::json, $2::t
 
 enum flight_source { FROM_QUEUE, FROM_JOURNAL };
 
-/* One batch on its way. Queue records are owned by the flight; journal
- * records are borrowed from usage.replay, each after its batch id and a
- * space ("<id> <record>"), or JSON objects with no batch id (@id empty). */
+/* One batch on its way. Queue records (@recs) are owned by the flight;
+ * journal lines (@lines) are borrowed from usage.replay: "<id> <record in
+ * base64>", or JSON objects of 0.2 with no batch id (@id empty). */
 struct flight {
 	struct usage *u;
 	enum flight_source src;
 	char id[BATCH_ID_HEX + 1];
+	struct usage_record **recs;
 	char **lines;
 	size_t n;
 	bool orphaned;          /* stop() took over; the callback only frees it */
@@ -147,16 +148,18 @@ static struct producer *producer_of(struct usage *u)
 	return p;
 }
 
-static bool producer_append(struct producer *p, const char *rec, size_t len)
+/* Appends @rec as it is in memory: its length, then its bytes. */
+static bool producer_append(struct producer *p, const struct usage_record *rec)
 {
+	size_t len = sizeof *rec + rec->len;
 	bool ok = true;
 
 	pthread_mutex_lock(&p->lock);
-	if (p->len + len + 1 > p->cap) {
+	if (p->len + len > p->cap) {
 		size_t cap = p->cap ? p->cap : 64 * 1024;
 		char *grown;
 
-		while (cap < p->len + len + 1)
+		while (cap < p->len + len)
 			cap *= 2;
 		grown = realloc(p->buf, cap);
 		ok = grown != NULL;
@@ -166,8 +169,8 @@ static bool producer_append(struct producer *p, const char *rec, size_t len)
 		}
 	}
 	if (ok) {
-		memcpy(p->buf + p->len, rec, len + 1);
-		p->len += len + 1;
+		memcpy(p->buf + p->len, rec, len);
+		p->len += len;
 		p->n++;
 	}
 	pthread_mutex_unlock(&p->lock);
@@ -176,14 +179,14 @@ static bool producer_append(struct producer *p, const char *rec, size_t len)
 
 /* Takes @rec in (it stays the caller's). False when queue_max records
  * wait already, or out of memory: the record is then lost and counted. */
-static bool queue_push(struct usage *u, const char *rec)
+static bool queue_push(struct usage *u, const struct usage_record *rec)
 {
 	struct producer *p;
 
 	if (atomic_fetch_add(&u->queued, 1) >= u->queue_max)
 		goto lost;
 	p = producer_of(u);
-	if (p && producer_append(p, rec, strlen(rec)))
+	if (p && producer_append(p, rec))
 		return true;
 lost:
 	atomic_fetch_sub(&u->queued, 1);
@@ -195,7 +198,7 @@ static enum lg_hook_result on_complete(struct lg_req *req, void *ud)
 {
 	struct usage *u = ud;
 	const struct lg_call *c = u->host->req_call(req);
-	char *line;
+	struct usage_record *rec;
 
 	if (!c)
 		return LG_HOOK_OK;
@@ -203,13 +206,13 @@ static enum lg_hook_result on_complete(struct lg_req *req, void *ud)
 		usage_metrics_record(u->metrics, c);
 	if (!u->enabled)
 		return LG_HOOK_OK;
-	line = usage_record_line(c, u->host->req_method(req), u->host->req_principal(req));
-	if (!line) {
+	rec = usage_record_new(c, u->host->req_method(req), u->host->req_principal(req));
+	if (!rec) {
 		u->host->log(u->self, LG_LOG_ERROR, "usage: cannot build the record");
 		return LG_HOOK_OK;
 	}
-	queue_push(u, line);
-	free(line);
+	queue_push(u, rec);
+	free(rec);
 	return LG_HOOK_OK;
 }
 
@@ -233,26 +236,28 @@ static void producer_drain(struct usage *u, struct producer *p)
 	pthread_mutex_unlock(&p->lock);
 
 	for (size_t off = 0, i = 0; i < n; i++) {
-		size_t l = strlen(taken + off);
-		char *line = malloc(l + 1);
+		uint32_t len;
+		struct usage_record *rec;
 		bool room;
 
+		memcpy(&len, taken + off + offsetof(struct usage_record, len), sizeof len);
+		rec = malloc(sizeof *rec + len);
 		/* queued counted it and never passes queue_max, the ring's size:
 		 * there is room, but a full ring must not be overwritten. */
 		pthread_mutex_lock(&u->lock);
-		room = line && u->count < u->queue_max;
+		room = rec && u->count < u->queue_max;
 		if (room) {
-			memcpy(line, taken + off, l + 1);
-			u->ring[(u->head + u->count) % u->queue_max] = line;
+			memcpy(rec, taken + off, sizeof *rec + len);
+			u->ring[(u->head + u->count) % u->queue_max] = rec;
 			u->count++;
 		}
 		pthread_mutex_unlock(&u->lock);
 		if (!room) {
-			free(line);
+			free(rec);
 			atomic_fetch_sub(&u->queued, 1);
 			atomic_fetch_add(&u->dropped, 1);
 		}
-		off += l + 1;
+		off += sizeof *rec + len;
 	}
 	pthread_mutex_lock(&p->lock);
 	if (!p->spare) {
@@ -288,9 +293,9 @@ static size_t queue_len(struct usage *u)
 }
 
 /* Takes up to @max records, oldest first. Ownership: the caller's array. */
-static char **queue_take(struct usage *u, size_t max, size_t *n)
+static struct usage_record **queue_take(struct usage *u, size_t max, size_t *n)
 {
-	char **lines;
+	struct usage_record **lines;
 	size_t k;
 
 	pthread_mutex_lock(&u->lock);
@@ -315,11 +320,11 @@ static char **queue_take(struct usage *u, size_t max, size_t *n)
 	return lines;
 }
 
-static void free_lines(char **lines, size_t n)
+static void free_records(struct usage_record **recs, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
-		free(lines[i]);
-	free(lines);
+		free(recs[i]);
+	free(recs);
 }
 
 /* A fresh batch id: random, so that no two batches of any run share one. */
@@ -348,28 +353,68 @@ static char *batch_buf(struct usage *u, size_t total)
 	return u->batch_buf;
 }
 
-/* The COPY data of a batch: each record, @skip bytes in, on its line.
+/* The COPY data of a batch of queued records: header, records, trailer.
  * Ownership: the plugin's, valid until the next batch. */
-static char *copy_data(struct usage *u, char *const *lines, size_t n, size_t skip,
+static char *copy_data(struct usage *u, struct usage_record *const *recs, size_t n,
 		       size_t *len)
 {
-	size_t total = 1, off = 0;
+	size_t total = USAGE_COPY_HEADER_LEN + USAGE_COPY_TRAILER_LEN, off = 0;
 	char *buf;
 
 	for (size_t i = 0; i < n; i++)
-		total += strlen(lines[i] + skip) + 1;
+		total += recs[i]->len;
 	buf = batch_buf(u, total);
 	if (!buf)
 		return NULL;
+	memcpy(buf, usage_copy_header, USAGE_COPY_HEADER_LEN);
+	off = USAGE_COPY_HEADER_LEN;
 	for (size_t i = 0; i < n; i++) {
-		size_t l = strlen(lines[i] + skip);
-
-		memcpy(buf + off, lines[i] + skip, l);
-		off += l;
-		buf[off++] = '\n';
+		memcpy(buf + off, recs[i]->data, recs[i]->len);
+		off += recs[i]->len;
 	}
-	buf[off] = '\0';
-	*len = off;
+	memcpy(buf + off, usage_copy_trailer, USAGE_COPY_TRAILER_LEN);
+	*len = off + USAGE_COPY_TRAILER_LEN;
+	return buf;
+}
+
+/* The journal line of a record: its bytes in base64 (lines are text).
+ * Ownership: the caller's. */
+static char *record_base64(const struct usage_record *rec)
+{
+	size_t len = sodium_base64_ENCODED_LEN(rec->len, sodium_base64_VARIANT_ORIGINAL);
+	char *text = malloc(len);
+
+	if (text)
+		sodium_bin2base64(text, len, (const unsigned char *)rec->data, rec->len,
+				  sodium_base64_VARIANT_ORIGINAL);
+	return text;
+}
+
+/* The COPY data of a batch of journal lines ("<id> <base64>"). NULL when
+ * out of memory or when a record does not decode (its checksum held, so
+ * it was written so: not expected). */
+static char *copy_data_of_journal(struct usage *u, char *const *lines, size_t n, size_t *len)
+{
+	size_t total = USAGE_COPY_HEADER_LEN + USAGE_COPY_TRAILER_LEN, off, bin;
+	char *buf;
+
+	for (size_t i = 0; i < n; i++)
+		total += strlen(lines[i] + BATCH_ID_HEX + 1) / 4 * 3 + 3;
+	buf = batch_buf(u, total);
+	if (!buf)
+		return NULL;
+	memcpy(buf, usage_copy_header, USAGE_COPY_HEADER_LEN);
+	off = USAGE_COPY_HEADER_LEN;
+	for (size_t i = 0; i < n; i++) {
+		const char *b64 = lines[i] + BATCH_ID_HEX + 1;
+
+		if (sodium_base642bin((unsigned char *)buf + off, total - off, b64, strlen(b64),
+				      NULL, &bin, NULL, sodium_base64_VARIANT_ORIGINAL) != 0)
+			return NULL;
+		off += bin;
+	}
+	memcpy(buf + off, usage_copy_trailer, USAGE_COPY_TRAILER_LEN);
+	*len = off + USAGE_COPY_TRAILER_LEN;
 	return buf;
 }
 
@@ -409,8 +454,9 @@ static void batch_buf_done(struct usage *u)
 	}
 }
 
-/* What db_copy() needs to load batch @id, claimed in the same transaction.
- * @count, @params: storage of the caller's that the result points to. */
+/* What db_copy() needs to load batch @id (@n records in @data, @len
+ * bytes), claimed in the same transaction. @count, @params: storage of the
+ * caller's that the result points to. */
 static struct lg_db_copy batch_copy(struct usage *u, const char *id, const char *data,
 				    size_t len, size_t n, char count[24],
 				    const char *params[3])
@@ -490,11 +536,36 @@ static void journal_state(struct usage *u)
 	}
 }
 
+static void free_strings(char **strings, size_t n)
+{
+	if (!strings)
+		return;
+	for (size_t i = 0; i < n; i++)
+		free(strings[i]);
+	free(strings);
+}
+
+/* @recs as journal lines, in *@out (the caller's: free_strings()). */
+static int records_base64(struct usage_record *const *recs, size_t n, char ***out)
+{
+	char **lines = calloc(n ? n : 1, sizeof *lines);
+
+	*out = lines;
+	if (!lines)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++)
+		if (!(lines[i] = record_base64(recs[i])))
+			return -ENOMEM;
+	return 0;
+}
+
 /* Last resort for records the database did not take: batch @id keeps its
  * id in the journal. Thread: main. */
-static void journal_or_lose(struct usage *u, const char *id, char **lines, size_t n)
+static void journal_or_lose(struct usage *u, const char *id, struct usage_record **recs,
+			    size_t n)
 {
 	char prefix[BATCH_ID_HEX + 2];
+	char **lines = NULL;
 	uint64_t now;
 	int rc;
 
@@ -505,7 +576,10 @@ static void journal_or_lose(struct usage *u, const char *id, char **lines, size_
 		return;
 	}
 	snprintf(prefix, sizeof prefix, "%s ", id);
-	rc = journal_append(u->journal, prefix, lines, n);
+	rc = records_base64(recs, n, &lines);
+	if (rc == 0)
+		rc = journal_append(u->journal, prefix, lines, n);
+	free_strings(lines, n);
 	if (rc == 0) {
 		atomic_fetch_add(&u->rows_journaled, n);
 		journal_state(u);
@@ -568,7 +642,7 @@ static void replay_advance(struct usage *u, size_t n)
 static void flight_free(struct flight *f)
 {
 	if (f->src == FROM_QUEUE)
-		free_lines(f->lines, f->n);
+		free_records(f->recs, f->n);
 	free(f);
 }
 
@@ -588,7 +662,7 @@ static void on_inserted(const PGresult *res, const char *error, void *arg)
 	if (error) {
 		note_db_down(u, error);
 		if (f->src == FROM_QUEUE)
-			journal_or_lose(u, f->id, f->lines, f->n);
+			journal_or_lose(u, f->id, f->recs, f->n);
 	} else {
 		note_db_up(u, res);
 		if (f->src == FROM_JOURNAL)
@@ -616,16 +690,15 @@ static int load_json(struct usage *u, char *const *lines, size_t n, struct fligh
 	return rc;
 }
 
-/* Loads batch @id (its records @skip bytes into @lines) with its claim: with
- * @f asynchronously (on_inserted), else blocking into *@res. */
-static int load_copy(struct usage *u, const char *id, char *const *lines, size_t n,
-		     size_t skip, struct flight *f, PGresult **res, char *err, size_t errlen)
+/* Loads batch @id (@n records in @data, @len bytes, NULL when it could not
+ * be built) with its claim: with @f asynchronously (on_inserted), else
+ * blocking into *@res. */
+static int load_copy(struct usage *u, const char *id, const char *data, size_t len, size_t n,
+		     struct flight *f, PGresult **res, char *err, size_t errlen)
 {
 	const struct lg_host *h = u->host;
 	const char *params[3];
 	char count[24];
-	size_t len = 0;
-	char *data = copy_data(u, lines, n, skip, &len);
 	struct lg_db_copy copy = batch_copy(u, id, data, len, n, count, params);
 	int rc;
 
@@ -639,23 +712,35 @@ static int load_copy(struct usage *u, const char *id, char *const *lines, size_t
 	return rc;
 }
 
-/* Sends batch @id of @lines (an empty @id: JSON records of 0.2); the
- * flight owns them if they come from the queue. */
-static int send_batch(struct usage *u, enum flight_source src, const char *id, char **lines,
-		      size_t n)
+/* Sends @f's batch. */
+static int send_flight(struct usage *u, struct flight *f)
+{
+	size_t len = 0;
+	char *data;
+
+	if (f->src == FROM_QUEUE) {
+		data = copy_data(u, f->recs, f->n, &len);
+	} else if (*f->id) {
+		data = copy_data_of_journal(u, f->lines, f->n, &len);
+	} else {
+		return load_json(u, f->lines, f->n, f, NULL, NULL, 0);
+	}
+	return load_copy(u, f->id, data, len, f->n, f, NULL, NULL, 0);
+}
+
+/* Sends batch @id of @recs from the queue (the flight then owns them) or of
+ * @lines from the journal (borrowed; an empty @id: JSON records of 0.2). */
+static int send_batch(struct usage *u, enum flight_source src, const char *id,
+		      struct usage_record **recs, char **lines, size_t n)
 {
 	struct flight *f = calloc(1, sizeof *f);
-	size_t skip = src == FROM_JOURNAL ? BATCH_ID_HEX + 1 : 0;
 	int rc;
 
 	if (!f)
 		return -ENOMEM;
-	*f = (struct flight){ .u = u, .src = src, .lines = lines, .n = n };
+	*f = (struct flight){ .u = u, .src = src, .recs = recs, .lines = lines, .n = n };
 	snprintf(f->id, sizeof f->id, "%s", id);
-	if (*id)
-		rc = load_copy(u, id, lines, n, skip, f, NULL, NULL, 0);
-	else
-		rc = load_json(u, lines, n, f, NULL, NULL, 0);
+	rc = send_flight(u, f);
 	if (rc < 0) {
 		free(f);
 		return rc;
@@ -668,17 +753,17 @@ static void flush_queue(struct usage *u)
 {
 	char id[BATCH_ID_HEX + 1];
 	size_t n;
-	char **lines = queue_take(u, u->batch_size, &n);
+	struct usage_record **recs = queue_take(u, u->batch_size, &n);
 	int rc;
 
-	if (!lines)
+	if (!recs)
 		return;
 	new_batch_id(id);
-	rc = send_batch(u, FROM_QUEUE, id, lines, n);
+	rc = send_batch(u, FROM_QUEUE, id, recs, NULL, n);
 	if (rc < 0) {
 		note_db_down(u, strerror(-rc));
-		journal_or_lose(u, id, lines, n);
-		free_lines(lines, n);
+		journal_or_lose(u, id, recs, n);
+		free_records(recs, n);
 	}
 }
 
@@ -689,12 +774,12 @@ static void queue_to_journal(struct usage *u, bool all)
 {
 	char id[BATCH_ID_HEX + 1];
 	size_t n;
-	char **lines;
+	struct usage_record **recs;
 
-	while ((all || !journal_at_cap(u)) && (lines = queue_take(u, u->batch_size, &n))) {
+	while ((all || !journal_at_cap(u)) && (recs = queue_take(u, u->batch_size, &n))) {
 		new_batch_id(id);
-		journal_or_lose(u, id, lines, n);
-		free_lines(lines, n);
+		journal_or_lose(u, id, recs, n);
+		free_records(recs, n);
 	}
 }
 
@@ -786,7 +871,7 @@ static void replay_chunk(struct usage *u)
 		return;
 	}
 	n = replay_next_batch(u, id);
-	rc = send_batch(u, FROM_JOURNAL, id, u->replay.lines + u->replay_next, n);
+	rc = send_batch(u, FROM_JOURNAL, id, NULL, u->replay.lines + u->replay_next, n);
 	if (rc < 0)
 		note_db_down(u, strerror(-rc));
 }
@@ -875,19 +960,21 @@ static int usage_start(struct lg_plugin *self, const struct lg_host *host)
 	return 0;
 }
 
-/* Loads batch @id of queued @lines now, or journals them. Thread: main. */
-static void insert_sync(struct usage *u, const char *id, char **lines, size_t n)
+/* Loads batch @id of queued @recs now, or journals them. Thread: main. */
+static void insert_sync(struct usage *u, const char *id, struct usage_record **recs, size_t n)
 {
 	PGresult *res = NULL;
 	char err[256] = "out of memory";
+	size_t len = 0;
+	char *data = copy_data(u, recs, n, &len);
 
-	if (load_copy(u, id, lines, n, 0, NULL, &res, err, sizeof err) == 0) {
+	if (load_copy(u, id, data, len, n, NULL, &res, err, sizeof err) == 0) {
 		note_db_up(u, res);
 		PQclear(res);
 		return;
 	}
 	note_db_down(u, err);
-	journal_or_lose(u, id, lines, n);
+	journal_or_lose(u, id, recs, n);
 }
 
 /* The queue, and a batch still in flight (sent again: inserts are
@@ -896,7 +983,7 @@ static void usage_stop(struct lg_plugin *self, const struct lg_host *host)
 {
 	struct usage *u = host->get_data(self);
 	struct flight *f = u->inflight;
-	char **lines;
+	struct usage_record **recs;
 	size_t n;
 
 	if (!u->enabled)
@@ -909,9 +996,9 @@ static void usage_stop(struct lg_plugin *self, const struct lg_host *host)
 	/* Under the same id: if the first try commits after all, its claim
 	 * makes this one add nothing, and the other way round. */
 	if (f && f->src == FROM_QUEUE) {
-		insert_sync(u, f->id, f->lines, f->n);
-		free_lines(f->lines, f->n);
-		f->lines = NULL;
+		insert_sync(u, f->id, f->recs, f->n);
+		free_records(f->recs, f->n);
+		f->recs = NULL;
 		f->n = 0;
 	}
 	if (f) {
@@ -923,15 +1010,15 @@ static void usage_stop(struct lg_plugin *self, const struct lg_host *host)
 	if (u->replaying || journal_pending(u->journal) > 0) {
 		queue_to_journal(u, true);
 	} else {
-		while ((lines = queue_take(u, u->batch_size, &n))) {
+		while ((recs = queue_take(u, u->batch_size, &n))) {
 			char id[BATCH_ID_HEX + 1];
 
 			new_batch_id(id);
 			if (u->db_down)
-				journal_or_lose(u, id, lines, n);
+				journal_or_lose(u, id, recs, n);
 			else
-				insert_sync(u, id, lines, n);
-			free_lines(lines, n);
+				insert_sync(u, id, recs, n);
+			free_records(recs, n);
 		}
 	}
 	journal_state(u);

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* The usage plugin's own interfaces between its files:
  *   usage.c      the ledger (queue, batched inserts, journal) and lifecycle
- *   record.c     one call as the ledger's record (a line of COPY text)
+ *   record.c     one call as the ledger's record (a tuple of binary COPY)
  *   queries.c    GET /v1/usage and GET /v1/me/usage
  *   metrics.c    GET /metrics and the per-worker counters behind it
  *   retention.c  monthly partitions ahead, old ones dropped
@@ -51,7 +51,7 @@ struct usage {
 	 * producer of its own, the flusher moves their records to the ring */
 	pthread_mutex_t lock;           /* the ring, the producer list */
 	struct producer *producers;
-	char **ring;                    /* main thread's; read by metrics */
+	struct usage_record **ring;     /* main thread's; read by metrics */
 	size_t head, count;
 	atomic_size_t queued;           /* taken in, not yet out of the ring */
 	atomic_uint_fast64_t dropped;   /* queue full */
@@ -97,14 +97,25 @@ struct ledger_stats {
 /* record.c: the call's cost as in its reply (computed from the model's
  * prices on a 1.0 host), 0 if not finite. Thread: any. */
 double usage_call_cost(const struct lg_call *c);
-/* record.c: the COPY statement the ledger loads records with (columns in
- * the order of usage_record_line()). */
+/* One record: a tuple of COPY's binary format, @len bytes. */
+struct usage_record {
+	uint32_t len;
+	char data[];
+};
+
+/* record.c: the COPY statement the ledger loads records with (binary
+ * format, columns in the order usage_record_new() writes them), and what
+ * its data starts and ends with around the records. */
+#define USAGE_COPY_HEADER_LEN 19
+#define USAGE_COPY_TRAILER_LEN 2
 extern const char usage_copy_sql[];
-/* record.c: the call as one line of COPY's text format for usage_copy_sql
- * (no newline), with a new record id and the current time; NULL when out
- * of memory. Ownership: the caller's (free()). Thread: any. */
-char *usage_record_line(const struct lg_call *c, const char *method,
-			const struct lg_principal *who);
+extern const char usage_copy_header[USAGE_COPY_HEADER_LEN];
+extern const char usage_copy_trailer[USAGE_COPY_TRAILER_LEN];
+/* record.c: the call as one record, with a new record id and the current
+ * time; NULL when out of memory. Ownership: the caller's (free()).
+ * Thread: any. */
+struct usage_record *usage_record_new(const struct lg_call *c, const char *method,
+				      const struct lg_principal *who);
 /* usage.c: a snapshot of the ledger's counters. Thread: any. */
 void usage_ledger_stats(struct usage *u, struct ledger_stats *out);
 

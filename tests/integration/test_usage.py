@@ -6,12 +6,14 @@ usage is locked under load, or when the server is stopped under load; a
 damaged journal line is skipped; a full journal is said loudly (log, metric,
 /ready) and its losses counted; monthly partitions made ahead and dropped
 past the retention."""
+import base64
 import datetime
 import hashlib
 import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
 import threading
@@ -235,18 +237,38 @@ def journal_line(record):
     return hashed(json.dumps(record, separators=(",", ":")))
 
 
-def copy_field(v):
+# The binary form of each column the plugin loads (COPY ... WITH (FORMAT binary)).
+BINARY = {"status": "int4", "user_id": "int8", "key_id": "int8", "organization_id": "int8",
+          "model_id": "int8", "provider_id": "int8", "prompt_tokens": "int8",
+          "completion_tokens": "int8", "total_tokens": "int8", "usage_estimated": "bool",
+          "client_gone": "bool", "latency_ms": "float8", "ttft_ms": "float8", "cost": "float8",
+          "kwh": "float8", "kgco2eq": "float8", "created": "timestamptz"}
+PG_EPOCH = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def binary_field(column, v):
     if v is None:
-        return "\\N"
-    if isinstance(v, bool):
-        return "t" if v else "f"
-    return (str(v).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-            .replace("\r", "\\r"))
+        return struct.pack(">i", -1)
+    kind = BINARY.get(column, "text")
+    if kind == "text":
+        data = str(v).encode()
+    elif kind == "timestamptz":
+        delta = datetime.datetime.fromisoformat(v) - PG_EPOCH
+        data = struct.pack(">q", delta // datetime.timedelta(microseconds=1))
+    else:
+        data = struct.pack({"int4": ">i", "int8": ">q", "bool": ">?", "float8": ">d"}[kind], v)
+    return struct.pack(">i", len(data)) + data
+
+
+def binary_record(record):
+    """A record as the plugin writes it: one tuple of binary COPY."""
+    return struct.pack(">h", len(COLUMNS)) + b"".join(
+        binary_field(c, record.get(c)) for c in COLUMNS)
 
 
 def batch_lines(batch_id, records):
-    """Journal lines of one batch: "<batch id> <COPY text record>"."""
-    return "".join(hashed(batch_id + " " + "\t".join(copy_field(r.get(c)) for c in COLUMNS))
+    """Journal lines of one batch: "<batch id> <record in base64>"."""
+    return "".join(hashed(batch_id + " " + base64.b64encode(binary_record(r)).decode())
                    for r in records)
 
 
@@ -483,7 +505,8 @@ class Journal(UsageCase):
         c["error"] = "tab\there, newline\nthere, backslash \\N, \u00e9"
         c["ttft_ms"] = 4.5
         one, two, done = (uuid.uuid4().hex for _ in range(3))
-        damaged = batch_lines(one, [e]).replace("\t200\t", "\t201\t")
+        good = batch_lines(one, [e])
+        damaged = good[:40] + ("A" if good[40] != "A" else "B") + good[41:]
         with open(os.path.join(self.journal, "usage-%020d.journal" % 3), "w") as f:
             f.write(batch_lines(one, [a, b]) + damaged + batch_lines(two, [c]))
         with open(os.path.join(self.journal, "usage-%020d.journal" % 4), "w") as f:

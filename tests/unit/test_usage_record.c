@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* The usage ledger's record writer (plugins/usage/record.c): every field
- * read back as COPY's text format reads it, by the column names of
+ * read back as COPY's binary format has it, by the column names of
  * usage_copy_sql; strings that PostgreSQL would refuse made safe; numbers
  * that read back as the same double. (The integration tests load records
  * into a real PostgreSQL.) */
@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <time.h>
 
 #include <cmocka.h>
 #include <sodium.h>
@@ -35,10 +37,12 @@ static struct lg_call sample_call(void)
 	return c;
 }
 
-/* A record read back: its columns, unescaped, NULL for \N. */
+/* A record read back: its columns as COPY's binary format has them (a
+ * copy of each value's bytes, NUL-terminated; NULL for NULL). */
 struct rec {
 	char *names[NCOLS];
 	char *values[NCOLS];
+	uint32_t lens[NCOLS];
 };
 
 /* The column list of usage_copy_sql, in order. */
@@ -51,62 +55,55 @@ static void column_names(struct rec *r)
 		size_t len = strcspn(p, ",)");
 
 		assert_true(k < NCOLS);
-		r->names[k++] = strndup(p, len);
+		r->names[k] = strndup(p, len);
+		assert_non_null(r->names[k++]);
 		p += len + 1;
 		p += strspn(p, " ");
 	}
 	assert_int_equal(k, NCOLS);
 }
 
-/* One column of COPY text (@len bytes at @s), as COPY reads it. */
-static char *unescape(const char *s, size_t len)
+static uint32_t be32_at(const unsigned char *p)
 {
-	char *out = malloc(len + 1), *o = out;
-
-	assert_non_null(out);
-	if (len == 2 && s[0] == '\\' && s[1] == 'N') {
-		free(out);
-		return NULL;
-	}
-	for (size_t i = 0; i < len; i++) {
-		if (s[i] != '\\') {
-			*o++ = s[i];
-			continue;
-		}
-		assert_true(++i < len);
-		switch (s[i]) {
-		case 't': *o++ = '\t'; break;
-		case 'n': *o++ = '\n'; break;
-		case 'r': *o++ = '\r'; break;
-		case '\\': *o++ = '\\'; break;
-		default: fail_msg("unexpected escape \\%c", s[i]);
-		}
-	}
-	*o = '\0';
-	return out;
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-static struct rec *parse(char *line)
+static uint64_t be64_at(const unsigned char *p)
+{
+	return (uint64_t)be32_at(p) << 32 | be32_at(p + 4);
+}
+
+static struct rec *parse(struct usage_record *rec)
 {
 	struct rec *r = calloc(1, sizeof *r);
-	const char *p = line;
-	size_t k = 0;
+	const unsigned char *p, *end;
 
-	assert_non_null(line);
+	assert_non_null(rec);
 	assert_non_null(r);
-	assert_null(strchr(line, '\n'));
 	column_names(r);
-	for (;;) {
-		size_t len = strcspn(p, "\t");
+	p = (const unsigned char *)rec->data;
+	end = p + rec->len;
+	assert_true(rec->len >= 2);
+	assert_int_equal(p[0] << 8 | p[1], NCOLS);
+	p += 2;
+	for (size_t k = 0; k < NCOLS; k++) {
+		uint32_t len;
 
-		assert_true(k < NCOLS);
-		r->values[k++] = unescape(p, len);
-		if (!p[len])
-			break;
-		p += len + 1;
+		assert_true(end - p >= 4);
+		len = be32_at(p);
+		p += 4;
+		if (len == UINT32_MAX)
+			continue;       /* NULL */
+		assert_true((size_t)(end - p) >= len);
+		r->values[k] = malloc(len + 1);
+		assert_non_null(r->values[k]);
+		memcpy(r->values[k], p, len);
+		r->values[k][len] = '\0';
+		r->lens[k] = len;
+		p += len;
 	}
-	assert_int_equal(k, NCOLS);
-	free(line);
+	assert_true(p == end);  /* nothing after the last column */
+	free(rec);
 	return r;
 }
 
@@ -128,36 +125,55 @@ static size_t col(const struct rec *r, const char *name)
 	return 0;
 }
 
+/* A text column (its bytes hold no NUL: compared as a string). */
 static const char *str(const struct rec *r, const char *name)
 {
-	return r->values[col(r, name)];
+	size_t k = col(r, name);
+
+	if (r->values[k])
+		assert_int_equal(strlen(r->values[k]), r->lens[k]);
+	return r->values[k];
 }
 
 static bool is_null(const struct rec *r, const char *name)
 {
-	return str(r, name) == NULL;
+	return r->values[col(r, name)] == NULL;
 }
 
+/* int4 or int8 */
 static long long integer(const struct rec *r, const char *name)
 {
-	char *end;
-	long long v;
+	size_t k = col(r, name);
+	const unsigned char *v = (const unsigned char *)r->values[k];
 
-	assert_non_null(str(r, name));
-	v = strtoll(str(r, name), &end, 10);
-	assert_true(*end == '\0');
-	return v;
+	assert_non_null(v);
+	if (r->lens[k] == 4)
+		return (int32_t)be32_at(v);
+	assert_int_equal(r->lens[k], 8);
+	return (int64_t)be64_at(v);
 }
 
 static double number(const struct rec *r, const char *name)
 {
-	char *end;
-	double v;
+	size_t k = col(r, name);
+	uint64_t bits;
+	double x;
 
-	assert_non_null(str(r, name));
-	v = strtod(str(r, name), &end);
-	assert_true(*end == '\0');
-	return v;
+	assert_non_null(r->values[k]);
+	assert_int_equal(r->lens[k], 8);
+	bits = be64_at((const unsigned char *)r->values[k]);
+	memcpy(&x, &bits, sizeof x);
+	return x;
+}
+
+static bool boolean(const struct rec *r, const char *name)
+{
+	size_t k = col(r, name);
+
+	assert_non_null(r->values[k]);
+	assert_int_equal(r->lens[k], 1);
+	assert_true(r->values[k][0] == 0 || r->values[k][0] == 1);
+	return r->values[k][0] == 1;
 }
 
 static void test_every_field(void **state)
@@ -165,13 +181,14 @@ static void test_every_field(void **state)
 	struct lg_call c = sample_call();
 	struct lg_principal who = { .user_id = 5, .key_id = 9, .organization_id = 2,
 				    .user_name = "ann@example.org", .key_name = "ci" };
-	struct rec *j = parse(usage_record_line(&c, "POST", &who));
+	struct rec *j = parse(usage_record_new(&c, "POST", &who));
 
 	(void)state;
 	assert_int_equal(strlen(str(j, "record_id")), 32);
 	assert_string_equal(str(j, "request_id"), "req-1");
-	assert_int_equal(strlen(str(j, "created")), strlen("2026-11-29T12:00:00.000000Z"));
-	assert_true(str(j, "created")[26] == 'Z');
+	/* microseconds since 2000-01-01 UTC: within a minute of now */
+	assert_true(llabs(integer(j, "created") -
+			  ((long long)time(NULL) - 946684800LL) * 1000000) < 60000000);
 	assert_string_equal(str(j, "endpoint"), "/v1/chat/completions");
 	assert_string_equal(str(j, "method"), "POST");
 	assert_int_equal(integer(j, "status"), 200);
@@ -188,13 +205,13 @@ static void test_every_field(void **state)
 	assert_int_equal(integer(j, "prompt_tokens"), 12);
 	assert_int_equal(integer(j, "completion_tokens"), 34);
 	assert_int_equal(integer(j, "total_tokens"), 46);
-	assert_string_equal(str(j, "usage_estimated"), "t");
+	assert_true(boolean(j, "usage_estimated"));
 	assert_true(number(j, "latency_ms") == 12.5);
 	assert_true(number(j, "ttft_ms") == 3.25);
 	assert_true(number(j, "cost") == 0.000123);
 	assert_true(number(j, "kwh") == 1.5e-6);
 	assert_true(number(j, "kgco2eq") == 8.9e-7);
-	assert_string_equal(str(j, "client_gone"), "f");
+	assert_false(boolean(j, "client_gone"));
 	assert_true(is_null(j, "error"));
 	rec_free(j);
 }
@@ -210,7 +227,7 @@ static void test_no_principal_no_ids(void **state)
 	c.provider_type = NULL;
 	c.ttft_ms = -1;
 	c.request_id = NULL;
-	j = parse(usage_record_line(&c, NULL, NULL));
+	j = parse(usage_record_new(&c, NULL, NULL));
 	assert_true(is_null(j, "user_id"));
 	assert_true(is_null(j, "key_name"));
 	assert_true(is_null(j, "model_id"));
@@ -222,8 +239,8 @@ static void test_no_principal_no_ids(void **state)
 	rec_free(j);
 }
 
-/* Escapes, valid multi-byte text kept, invalid bytes replaced (PostgreSQL
- * refuses a whole COPY for one invalid byte). */
+/* Text as it is, valid multi-byte text kept, invalid bytes replaced
+ * (PostgreSQL refuses a whole COPY for one invalid byte). */
 static void test_strings_made_safe(void **state)
 {
 	struct lg_call c = sample_call();
@@ -234,7 +251,7 @@ static void test_strings_made_safe(void **state)
 	/* a lone continuation byte, an overlong '/', a surrogate, a truncated
 	 * sequence at the end */
 	c.error = "x\x80y\xC0\xAFz\xED\xA0\x80w\xE2\x82";
-	j = parse(usage_record_line(&c, "POST", NULL));
+	j = parse(usage_record_new(&c, "POST", NULL));
 	assert_string_equal(str(j, "request_id"), "a\"b\\c\n\t\r\x01\\N" "é€😀");
 	assert_string_equal(str(j, "error"),
 			    "x\xEF\xBF\xBDy\xEF\xBF\xBD\xEF\xBF\xBDz"
@@ -255,8 +272,8 @@ static void worst_numbers(struct lg_call *c, struct lg_principal *who)
 	who->user_id = who->key_id = who->organization_id = INT64_MAX;
 }
 
-/* Past the stack buffer: a long error made of the worst case (invalid
- * bytes, three bytes each), then escapes (two), with the longest numbers. */
+/* Past the stack buffer: a long error, half of it the worst case (invalid
+ * bytes, three bytes each), with the longest numbers. */
 static void test_long_strings(void **state)
 {
 	struct lg_call c = sample_call();
@@ -272,7 +289,7 @@ static void test_long_strings(void **state)
 	err[n] = '\0';
 	c.error = err;
 	worst_numbers(&c, &who);
-	j = parse(usage_record_line(&c, "POST", &who));
+	j = parse(usage_record_new(&c, "POST", &who));
 	assert_int_equal(strlen(str(j, "error")), n / 2 * 3 + (n - n / 2));
 	assert_memory_equal(str(j, "error"), "\xEF\xBF\xBD", 3);
 	assert_memory_equal(str(j, "error") + n / 2 * 3, err + n / 2, n - n / 2);
@@ -281,21 +298,21 @@ static void test_long_strings(void **state)
 }
 
 /* Without strings, the record is the fixed part alone: it must stay within
- * record.c's FIXED_MAX (1024 bytes), which sizes the buffer. */
+ * record.c's FIXED_MAX (512 bytes), which sizes the buffer. */
 static void test_fixed_part_fits(void **state)
 {
 	struct lg_call c = sample_call();
 	struct lg_principal who = { .user_name = NULL };
-	char *text;
+	struct usage_record *rec;
 
 	(void)state;
 	c.request_id = c.endpoint = c.model_name = c.provider_type = c.provider_model = NULL;
 	c.error = NULL;
 	worst_numbers(&c, &who);
-	text = usage_record_line(&c, NULL, &who);
-	assert_non_null(text);
-	assert_true(strlen(text) + 1 <= 1024);
-	rec_free(parse(text));
+	rec = usage_record_new(&c, NULL, &who);
+	assert_non_null(rec);
+	assert_true(rec->len <= 512);
+	rec_free(parse(rec));
 }
 
 static void test_numbers(void **state)
@@ -310,7 +327,7 @@ static void test_numbers(void **state)
 	c.prompt_tokens = INT64_MAX;
 	c.completion_tokens = INT64_MIN;
 	c.status = 0;
-	j = parse(usage_record_line(&c, "POST", NULL));
+	j = parse(usage_record_new(&c, "POST", NULL));
 	assert_true(number(j, "latency_ms") == 0);
 	assert_true(is_null(j, "kwh"));
 	assert_true(number(j, "cost") == 0.1 + 0.2);
@@ -331,7 +348,7 @@ static void test_older_host(void **state)
 	c.size = offsetof(struct lg_call, cost);
 	c.cost_prompt_tokens = 2;
 	c.cost_completion_tokens = 4;
-	j = parse(usage_record_line(&c, "POST", NULL));
+	j = parse(usage_record_new(&c, "POST", NULL));
 	assert_true(number(j, "cost") == 12 * 2 / 1e6 + 34 * 4 / 1e6);
 	assert_true(is_null(j, "kwh"));
 	assert_true(is_null(j, "kgco2eq"));
@@ -341,7 +358,7 @@ static void test_older_host(void **state)
 static void record_id(char out[33])
 {
 	struct lg_call c = sample_call();
-	struct rec *j = parse(usage_record_line(&c, "POST", NULL));
+	struct rec *j = parse(usage_record_new(&c, "POST", NULL));
 
 	assert_int_equal(strlen(str(j, "record_id")), 32);
 	memcpy(out, str(j, "record_id"), 33);
