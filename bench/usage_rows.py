@@ -7,13 +7,14 @@
 Starts a private PostgreSQL cluster, lets llmgate apply the usage plugin's
 migrations (`llmgate migrate`), then sends batches of records in the shape the
 usage plugin writes, the way it sends them (one transaction per batch: the
-batch's claim, usage_claim_batch(), then COPY FROM STDIN in text format), from
-one connection, as the plugin's flusher does, and prints rows per second. The gateway's own cost per record (building it,
+batch's claim, usage_claim_batch(), then COPY FROM STDIN in binary format),
+from one connection, as the plugin's flusher does, and prints rows per second. The gateway's own cost per record (building it,
 queueing it) is measured by `bench/run.sh --with usage`; this is the
 database side: how fast a backlog (a replayed journal) drains.
 """
 import argparse
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,8 @@ def record(i):
     """One record as the usage plugin makes it (a chat call with a user)."""
     return {
         "record_id": uuid.uuid4().hex, "request_id": "bench-%d" % i,
-        "created": "now", "endpoint": "/v1/chat/completions", "method": "POST",
+        "created": int((time.time() - PG_EPOCH) * 1e6),    # microseconds since 2000
+        "endpoint": "/v1/chat/completions", "method": "POST",
         "status": 200, "user_id": 1 + i % 50, "key_id": 1 + i % 100, "organization_id": 1,
         "user_name": "user%d@example.org" % (i % 50), "key_name": "key", "model_id": 1,
         "model_name": "mock-chat", "provider_id": 1, "provider_type": "mock",
@@ -50,22 +52,38 @@ def record(i):
     }
 
 
-def copy_line(rec):
-    """@rec as a line of COPY's text format (the values here need no escape)."""
-    out = []
+# The binary form of the columns that are not text.
+BINARY = {"status": ">i", "user_id": ">q", "key_id": ">q", "organization_id": ">q",
+          "model_id": ">q", "provider_id": ">q", "prompt_tokens": ">q",
+          "completion_tokens": ">q", "total_tokens": ">q", "usage_estimated": ">?",
+          "client_gone": ">?", "latency_ms": ">d", "ttft_ms": ">d", "cost": ">d", "kwh": ">d",
+          "kgco2eq": ">d", "created": ">q"}
+PG_EPOCH = 946684800    # 2000-01-01 in Unix time
+
+
+def binary_record(rec):
+    """@rec as the plugin writes it: a tuple of binary COPY."""
+    out = [struct.pack(">h", len(COLUMNS))]
     for c in COLUMNS:
         v = rec[c]
-        out.append("\\N" if v is None else ("t" if v else "f") if isinstance(v, bool)
-                   else str(v))
-    return "\t".join(out) + "\n"
+        if v is None:
+            out.append(struct.pack(">i", -1))
+            continue
+        data = struct.pack(BINARY[c], v) if c in BINARY else v.encode()
+        out.append(struct.pack(">i", len(data)) + data)
+    return b"".join(out)
 
 
-def batch_sql(records):
-    """One batch as the plugin sends it: its claim, then its COPY."""
+def batch_sql(records, path):
+    """One batch as the plugin sends it: its claim, then its COPY (the data
+    written to @path, which psql's \\copy sends as COPY FROM STDIN)."""
+    with open(path, "wb") as f:
+        f.write(b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0))
+        f.write(b"".join(binary_record(r) for r in records))
+        f.write(struct.pack(">h", -1))
     return ("BEGIN;\nSELECT usage_claim_batch('%s', %d, '1s');\n"
-            "COPY usage (%s) FROM STDIN;\n%s\\.\nCOMMIT;\n"
-            % (uuid.uuid4().hex, len(records), ", ".join(COLUMNS),
-               "".join(copy_line(r) for r in records)))
+            "\\copy usage (%s) FROM '%s' WITH (FORMAT binary)\nCOMMIT;\n"
+            % (uuid.uuid4().hex, len(records), ", ".join(COLUMNS), path))
 
 
 def main():
@@ -91,7 +109,8 @@ def main():
         with open(script, "w") as f:
             for start in range(0, args.rows, args.batch):
                 f.write(batch_sql([record(i) for i in
-                                   range(start, min(start + args.batch, args.rows))]))
+                                   range(start, min(start + args.batch, args.rows))],
+                                  os.path.join(work, "batch-%d.bin" % start)))
         env = dict(os.environ, PGPASSWORD=pg.password)
         t0 = time.monotonic()
         subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres",

@@ -390,9 +390,8 @@ static char *record_base64(const struct usage_record *rec)
 	return text;
 }
 
-/* The COPY data of a batch of journal lines ("<id> <base64>"). NULL when
- * out of memory or when a record does not decode (its checksum held, so
- * it was written so: not expected). */
+/* The COPY data of a batch of journal lines ("<id> <base64>", checked by
+ * drop_malformed()). NULL when out of memory. */
 static char *copy_data_of_journal(struct usage *u, char *const *lines, size_t n, size_t *len)
 {
 	size_t total = USAGE_COPY_HEADER_LEN + USAGE_COPY_TRAILER_LEN, off, bin;
@@ -800,14 +799,33 @@ static bool in_batch(const char *line, const char *id)
 	return line[BATCH_ID_HEX] == ' ' && (!id || memcmp(line, id, BATCH_ID_HEX) == 0);
 }
 
+/* Whether the record of journal line "<id> <base64>" decodes (out of
+ * memory, it is taken as it is: building its batch will say so). */
+static bool decodes(const char *line)
+{
+	const char *b64 = line + BATCH_ID_HEX + 1;
+	size_t len = strlen(b64), bin;
+	unsigned char *buf = malloc(len / 4 * 3 + 3);
+	bool ok;
+
+	if (!buf)
+		return true;
+	ok = len > 0 && sodium_base642bin(buf, len / 4 * 3 + 3, b64, len, NULL, &bin, NULL,
+					  sodium_base64_VARIANT_ORIGINAL) == 0;
+	free(buf);
+	return ok;
+}
+
 /* Lines whose hash holds but that are neither form (none are written so)
- * are skipped as damaged, before the segment is replayed. */
+ * are skipped as damaged, before the segment is replayed: a batch that
+ * cannot be built would be retried for ever. */
 static void drop_malformed(struct journal_segment *seg)
 {
 	size_t kept = 0;
 
 	for (size_t i = 0; i < seg->n; i++) {
-		if (is_json_record(seg->lines[i]) || in_batch(seg->lines[i], NULL)) {
+		if (is_json_record(seg->lines[i]) ||
+		    (in_batch(seg->lines[i], NULL) && decodes(seg->lines[i]))) {
 			seg->lines[kept++] = seg->lines[i];
 		} else {
 			free(seg->lines[i]);

@@ -508,7 +508,10 @@ class Journal(UsageCase):
         good = batch_lines(one, [e])
         damaged = good[:40] + ("A" if good[40] != "A" else "B") + good[41:]
         with open(os.path.join(self.journal, "usage-%020d.journal" % 3), "w") as f:
-            f.write(batch_lines(one, [a, b]) + damaged + batch_lines(two, [c]))
+            # a damaged line, and one whose checksum holds around a record
+            # that is not base64
+            f.write(batch_lines(one, [a, b]) + damaged + hashed(one + " not*base64") +
+                    batch_lines(two, [c]))
         with open(os.path.join(self.journal, "usage-%020d.journal" % 4), "w") as f:
             f.write(batch_lines(two, [c]) + batch_lines(done, [d]))
         migrate = lgtest.run_llmgate(["migrate"], config=config(self.journal), pg=self.pg,
@@ -518,7 +521,7 @@ class Journal(UsageCase):
         with self.gateway() as g:
             wait_rows(self, self.pg, self.prefix, 3)
             wait_until(self, "the journal replayed", lambda: not os.listdir(self.journal))
-            self.assertTrue(g.wait_log(r"1 damaged records skipped", 5), g.log()[-3000:])
+            self.assertTrue(g.wait_log(r"2 damaged records skipped", 5), g.log()[-3000:])
             self.assert_clean_exit(g)
         got = {r["request_id"]: r for r in rows(self.pg, "request_id LIKE '%s%%'" % self.prefix)}
         self.assertEqual(sorted(got), [self.prefix + n for n in "abc"])
