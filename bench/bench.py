@@ -54,8 +54,11 @@ TARGETS_DOC = {
     "rps": "llmgate >= 0.5x nginx rps at %d connections (aim 0.8x)",
     "p50": "llmgate's p50 added latency at 1 connection within 100 us of nginx's",
     "rss": "llmgate RSS after the load < 50 MB",
+    "usage": "the usage ledger (+usage) costs at most 10% of the default row's rps at %d "
+             "connections, median of the rounds",
 }
 RPS_TARGET, RPS_AIM, P50_SLACK_US, RSS_TARGET_KB = 0.5, 0.8, 100, 50 * 1024
+USAGE_LOSS_MAX = 10.0   # per cent
 
 
 def chat_body(stream):
@@ -403,6 +406,16 @@ def measure(target, script, connections, threads, seconds):
     return res
 
 
+def paired_loss(base_runs, variant_runs):
+    """Per round, how many per cent fewer requests per second the variant
+    served than the default row (targets take turns, so the two of a round
+    share the machine's state): the median, the least and the most."""
+    loss = [100 * (1 - v["rps"] / b["rps"]) for b, v in zip(base_runs, variant_runs) if b["rps"]]
+    if not loss:
+        return 0.0, 0.0, 0.0
+    return statistics.median(loss), min(loss), max(loss)
+
+
 def median_run(runs):
     """The median of each figure over repeated runs, and the spread of rps."""
     agg = {key: statistics.median(r[key] for r in runs)
@@ -691,20 +704,27 @@ def report(args, targets, results, extra):
         out.append("")
         out.append("Plugin costs (the default llmgate row minus the variant):")
         out.append("")
-        out.append("| workload | variant | rps change @%d | p50 @1 change (us) | CPU per request "
-                   "change (us) |" % conns)
-        out.append("|---|---|---:|---:|---:|")
+        out.append("| workload | variant | rps change @%d | variant's rps loss, round by round: "
+                   "median (range) | p50 @1 change (us) | CPU per request change (us) |" % conns)
+        out.append("|---|---|---:|---:|---:|---:|")
         for w in args.workloads:
             b = results[w][base]
             for t in others:
                 v = results[w][t.name]
                 d_rps = (b["load"]["rps"] / v["load"]["rps"] - 1) * 100 if v["load"]["rps"] else 0
-                out.append("| %s | %s | %+.1f%% | %+d | %+.1f |" % (
-                    w, t.name, d_rps, round(b["one"]["p50"] - v["one"]["p50"]),
+                loss = paired_loss(b["runs"]["load"], v["runs"]["load"])
+                out.append("| %s | %s | %+.1f%% | %.1f%% (%.1f to %.1f) | %+d | %+.1f |" % (
+                    w, t.name, d_rps, loss[0], loss[1], loss[2],
+                    round(b["one"]["p50"] - v["one"]["p50"]),
                     b["load"]["cpu_us_per_req"] - v["load"]["cpu_us_per_req"]))
+                if t.name == "llmgate +usage":
+                    verdicts.append(("usage", w, loss[0] <= USAGE_LOSS_MAX,
+                                     "%.1f%%" % loss[0]))
         out.append("")
         out.append("(A negative rps change is that many percent fewer requests with the default "
-                   "plugins than in the variant.)")
+                   "plugins than in the variant. The rps loss compares each round's variant "
+                   "with the default row measured just before it, on the same state of the "
+                   "machine; medians of each row taken apart mix the rounds.)")
     out.append("")
     out.append("Targets:")
     out.append("")

@@ -393,24 +393,13 @@ static int h_db_query_sync(struct lg_plugin *self, const char *sql, int nparams,
 	return *out ? 0 : -EIO;
 }
 
-/* @copy as of ABI 1.3 (a later plugin's is longer: its new members are
- * not read). */
-static bool valid_copy(const struct lg_db_copy *copy)
-{
-	if (!copy || copy->size < sizeof *copy || !copy->copy_sql || copy->nparams < 0)
-		return false;
-	if (copy->nparams > 0 && (!copy->params || !copy->claim_sql))
-		return false;
-	return copy->len == 0 || copy->data;
-}
-
 static int h_db_copy(struct lg_plugin *self, const struct lg_db_copy *copy, lg_db_fn cb,
 		     void *arg)
 {
 	struct lg_pg *pg = atomic_load(&self->rt->pg);
 	struct lg_loop *loop = lg_loop_current();
 
-	if (!valid_copy(copy) || !cb || !loop)
+	if (!lg_pg_copy_valid(copy) || !cb || !loop)
 		return -EINVAL;
 	if (atomic_load(&self->rt->closing))
 		return -ESHUTDOWN;
@@ -436,7 +425,7 @@ static int h_db_copy_sync(struct lg_plugin *self, const struct lg_db_copy *copy,
 		lg_error(self->name, "db_copy_sync called on a worker: refused, use db_copy");
 		return -EPERM;
 	}
-	if (!valid_copy(copy)) {
+	if (!lg_pg_copy_valid(copy)) {
 		snprintf(err, errlen, "invalid bulk load");
 		return -EINVAL;
 	}

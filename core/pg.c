@@ -1120,8 +1120,7 @@ static bool valid_query(const char *sql, int nparams, const char *const *params)
 	return sql && nparams >= 0 && nparams <= MAX_PARAMS && (nparams == 0 || params);
 }
 
-/* @copy as of ABI 1.3; params only with a claim, rows only with a length. */
-static bool valid_copy(const struct lg_db_copy *copy)
+bool lg_pg_copy_valid(const struct lg_db_copy *copy)
 {
 	if (!copy || copy->size < sizeof *copy || !copy->copy_sql || (copy->len && !copy->data))
 		return false;
@@ -1163,7 +1162,7 @@ int lg_pg_copy(struct lg_pg *pg, struct lg_loop *reply_to, const struct lg_db_co
 {
 	struct pg_query *q;
 
-	if (!pg || !reply_to || !cb || !valid_copy(copy))
+	if (!pg || !reply_to || !cb || !lg_pg_copy_valid(copy))
 		return -EINVAL;
 	q = query_new(copy->claim_sql, copy->nparams, copy->params, copy);
 	if (!q)
@@ -1227,7 +1226,7 @@ PGresult *lg_pg_copy_sync(struct lg_pg *pg, const struct lg_db_copy *copy, char 
 {
 	struct pg_query *q;
 
-	if (!pg || !valid_copy(copy)) {
+	if (!pg || !lg_pg_copy_valid(copy)) {
 		lg_errf(err, errlen, "invalid bulk load");
 		return NULL;
 	}

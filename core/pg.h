@@ -51,6 +51,11 @@ typedef void (*lg_pg_fn)(const PGresult *res, const char *error, void *arg);
 int lg_pg_query(struct lg_pg *pg, struct lg_loop *reply_to, const char *sql, int nparams,
 		const char *const *params, lg_pg_fn cb, void *arg);
 
+/* Whether @copy is a bulk load as of ABI 1.3 (a later plugin's struct is
+ * longer: its new members are not read): a COPY statement, parameters only
+ * with a claim, rows only with a length. Thread: any. */
+bool lg_pg_copy_valid(const struct lg_db_copy *copy);
+
 /* Queues a bulk load (struct lg_db_copy of the SDK: a claim, then COPY
  * FROM STDIN with its data, in one transaction); @cb runs on @reply_to
  * with the COPY's result, or the claim's when it returned no row and the
