@@ -54,7 +54,7 @@ TARGETS_DOC = {
     "rps": "llmgate >= 0.5x nginx rps at %d connections (aim 0.8x)",
     "p50": "llmgate's p50 added latency at 1 connection within 100 us of nginx's",
     "rss": "llmgate RSS after the load < 50 MB",
-    "usage": "the usage ledger (+usage) costs at most 10% of the default row's rps at %d "
+    "usage": "the usage ledger (+usage) costs at most 10%% of the default row's rps at %d "
              "connections, median of the rounds",
 }
 RPS_TARGET, RPS_AIM, P50_SLACK_US, RSS_TARGET_KB = 0.5, 0.8, 100, 50 * 1024
