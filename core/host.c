@@ -364,31 +364,45 @@ static int h_core_setting_bool(struct lg_plugin *self, const char *name, bool *o
 	return 0;
 }
 
+/* The pool for a blocking call (@what: its asynchronous name), or NULL
+ * with *@rc and @err set: refused on a worker, which would stall every
+ * request it holds, while closing, and before the pool is up. */
+static struct lg_pg *sync_pool(struct lg_plugin *self, const char *what, char *err,
+			       size_t errlen, int *rc)
+{
+	struct lg_pg *pg = atomic_load(&self->rt->pg);
+
+	if (lg_loop_current() && lg_loop_current() != self->rt->main_loop) {
+		snprintf(err, errlen, "%s_sync on a worker: use %s", what, what);
+		lg_error(self->name, "%s_sync called on a worker: refused, use %s", what, what);
+		*rc = -EPERM;
+	} else if (atomic_load(&self->rt->closing)) {
+		snprintf(err, errlen, "llmgate is shutting down");
+		*rc = -ESHUTDOWN;
+	} else if (!pg) {
+		snprintf(err, errlen, "the database is not connected yet (use it from start())");
+		*rc = -EAGAIN;
+	} else {
+		return pg;
+	}
+	return NULL;
+}
+
 static int h_db_query_sync(struct lg_plugin *self, const char *sql, int nparams,
 			   const char *const *params, PGresult **out, char *err, size_t errlen)
 {
-	struct lg_pg *pg = atomic_load(&self->rt->pg);
 	char local[256];
+	struct lg_pg *pg;
+	int rc;
 
 	*out = NULL;
 	if (!err || errlen == 0) {
 		err = local;
 		errlen = sizeof local;
 	}
-	/* A worker that blocks on the database stalls every request it holds. */
-	if (lg_loop_current() && lg_loop_current() != self->rt->main_loop) {
-		snprintf(err, errlen, "db_query_sync on a worker: use db_query");
-		lg_error(self->name, "db_query_sync called on a worker: refused, use db_query");
-		return -EPERM;
-	}
-	if (atomic_load(&self->rt->closing)) {
-		snprintf(err, errlen, "llmgate is shutting down");
-		return -ESHUTDOWN;
-	}
-	if (!pg) {
-		snprintf(err, errlen, "the database is not connected yet (use it from start())");
-		return -EAGAIN;
-	}
+	pg = sync_pool(self, "db_query", err, errlen, &rc);
+	if (!pg)
+		return rc;
 	*out = lg_pg_query_sync(pg, sql, nparams, params, err, errlen);
 	return *out ? 0 : -EIO;
 }
@@ -411,32 +425,22 @@ static int h_db_copy(struct lg_plugin *self, const struct lg_db_copy *copy, lg_d
 static int h_db_copy_sync(struct lg_plugin *self, const struct lg_db_copy *copy,
 			  PGresult **out, char *err, size_t errlen)
 {
-	struct lg_pg *pg = atomic_load(&self->rt->pg);
 	char local[256];
+	struct lg_pg *pg;
+	int rc;
 
 	*out = NULL;
 	if (!err || errlen == 0) {
 		err = local;
 		errlen = sizeof local;
 	}
-	/* A worker that blocks on the database stalls every request it holds. */
-	if (lg_loop_current() && lg_loop_current() != self->rt->main_loop) {
-		snprintf(err, errlen, "db_copy_sync on a worker: use db_copy");
-		lg_error(self->name, "db_copy_sync called on a worker: refused, use db_copy");
-		return -EPERM;
-	}
 	if (!lg_pg_copy_valid(copy)) {
 		snprintf(err, errlen, "invalid bulk load");
 		return -EINVAL;
 	}
-	if (atomic_load(&self->rt->closing)) {
-		snprintf(err, errlen, "llmgate is shutting down");
-		return -ESHUTDOWN;
-	}
-	if (!pg) {
-		snprintf(err, errlen, "the database is not connected yet (use it from start())");
-		return -EAGAIN;
-	}
+	pg = sync_pool(self, "db_copy", err, errlen, &rc);
+	if (!pg)
+		return rc;
 	*out = lg_pg_copy_sync(pg, copy, err, errlen);
 	return *out ? 0 : -EIO;
 }

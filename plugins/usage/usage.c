@@ -353,27 +353,42 @@ static char *batch_buf(struct usage *u, size_t total)
 	return u->batch_buf;
 }
 
-/* The COPY data of a batch of queued records: header, records, trailer.
- * Ownership: the plugin's, valid until the next batch. */
+/* The batch buffer with room for COPY's header, @records bytes of records
+ * and the trailer; the header written, the records go after it. */
+static char *copy_frame(struct usage *u, size_t records)
+{
+	char *buf = batch_buf(u, USAGE_COPY_HEADER_LEN + records + USAGE_COPY_TRAILER_LEN);
+
+	if (buf)
+		memcpy(buf, usage_copy_header, USAGE_COPY_HEADER_LEN);
+	return buf;
+}
+
+/* Writes the trailer after @off bytes of @buf; the data's length. */
+static size_t copy_frame_end(char *buf, size_t off)
+{
+	memcpy(buf + off, usage_copy_trailer, USAGE_COPY_TRAILER_LEN);
+	return off + USAGE_COPY_TRAILER_LEN;
+}
+
+/* The COPY data of a batch of queued records. Ownership: the plugin's,
+ * valid until the next batch. */
 static char *copy_data(struct usage *u, struct usage_record *const *recs, size_t n,
 		       size_t *len)
 {
-	size_t total = USAGE_COPY_HEADER_LEN + USAGE_COPY_TRAILER_LEN, off = 0;
+	size_t records = 0, off = USAGE_COPY_HEADER_LEN;
 	char *buf;
 
 	for (size_t i = 0; i < n; i++)
-		total += recs[i]->len;
-	buf = batch_buf(u, total);
+		records += recs[i]->len;
+	buf = copy_frame(u, records);
 	if (!buf)
 		return NULL;
-	memcpy(buf, usage_copy_header, USAGE_COPY_HEADER_LEN);
-	off = USAGE_COPY_HEADER_LEN;
 	for (size_t i = 0; i < n; i++) {
 		memcpy(buf + off, recs[i]->data, recs[i]->len);
 		off += recs[i]->len;
 	}
-	memcpy(buf + off, usage_copy_trailer, USAGE_COPY_TRAILER_LEN);
-	*len = off + USAGE_COPY_TRAILER_LEN;
+	*len = copy_frame_end(buf, off);
 	return buf;
 }
 
@@ -394,26 +409,24 @@ static char *record_base64(const struct usage_record *rec)
  * drop_malformed()). NULL when out of memory. */
 static char *copy_data_of_journal(struct usage *u, char *const *lines, size_t n, size_t *len)
 {
-	size_t total = USAGE_COPY_HEADER_LEN + USAGE_COPY_TRAILER_LEN, off, bin;
+	size_t records = 0, off = USAGE_COPY_HEADER_LEN, bin;
 	char *buf;
 
 	for (size_t i = 0; i < n; i++)
-		total += strlen(lines[i] + BATCH_ID_HEX + 1) / 4 * 3 + 3;
-	buf = batch_buf(u, total);
+		records += strlen(lines[i] + BATCH_ID_HEX + 1) / 4 * 3 + 3;
+	buf = copy_frame(u, records);
 	if (!buf)
 		return NULL;
-	memcpy(buf, usage_copy_header, USAGE_COPY_HEADER_LEN);
-	off = USAGE_COPY_HEADER_LEN;
 	for (size_t i = 0; i < n; i++) {
 		const char *b64 = lines[i] + BATCH_ID_HEX + 1;
 
-		if (sodium_base642bin((unsigned char *)buf + off, total - off, b64, strlen(b64),
+		if (sodium_base642bin((unsigned char *)buf + off,
+				      USAGE_COPY_HEADER_LEN + records - off, b64, strlen(b64),
 				      NULL, &bin, NULL, sodium_base64_VARIANT_ORIGINAL) != 0)
 			return NULL;
 		off += bin;
 	}
-	memcpy(buf + off, usage_copy_trailer, USAGE_COPY_TRAILER_LEN);
-	*len = off + USAGE_COPY_TRAILER_LEN;
+	*len = copy_frame_end(buf, off);
 	return buf;
 }
 
