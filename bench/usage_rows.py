@@ -97,8 +97,8 @@ def main():
     if not os.access(binary, os.X_OK):
         sys.exit("usage_rows: build %s first (bench/run.sh does)" % args.build)
     os.environ["LLMGATE_BIN"] = binary
-    work = tempfile.mkdtemp(prefix="llmgate-rows-")
-    with PgCluster() as pg:
+    # The batches' files go with the directory.
+    with tempfile.TemporaryDirectory(prefix="llmgate-rows-") as work, PgCluster() as pg:
         cfg = {"plugins": {"usage": {"journal_dir": work}},
                "dependencies": {"postgres": {"url": pg.url()}}}
         r = lgtest.run_llmgate(["migrate"], config=cfg, pg=pg,
