@@ -4,6 +4,7 @@
 the real server: model_call() (a plugin calls a model of the registry),
 req_form() (multipart bodies), call_set_body() and call_reply_member()
 (PRE_UPSTREAM and AUTHORIZE hooks rewrite a call and add to its reply)."""
+import errno
 import json
 import unittest
 
@@ -96,6 +97,23 @@ class HostCallsCase(unittest.TestCase):
     def post(self, path, body, headers=None, timeout=30):
         return self.gw.request("POST", path, body, headers=dict(AUTH, **(headers or {})),
                                timeout=timeout)
+
+    # -- blocking database calls --
+    def test_blocking_database_calls_refused_on_a_worker(self):
+        """db_query_sync() and db_copy_sync() on a worker would stall every
+        request it holds: refused with -EPERM and logged; a bad bulk load
+        is -EINVAL."""
+        r = self.gw.request("GET", "/caller/db-sync")
+        self.assertEqual(r.status, 200, r.body)
+        out = r.json()
+        self.assertEqual((out["query"], out["copy"], out["invalid"]),
+                         (-errno.EPERM, -errno.EPERM, -errno.EINVAL), out)
+        self.assertFalse(out["results"])
+        self.assertEqual(out["query_error"], "db_query_sync on a worker: use db_query")
+        self.assertEqual(out["copy_error"], "db_copy_sync on a worker: use db_copy")
+        self.assertTrue(self.gw.wait_log(r"db_copy_sync called on a worker: refused", 5))
+        # The server is still serving.
+        self.assertEqual(self.gw.request("GET", "/health").status, 200)
 
     # -- model_call() --
     def test_embeddings_by_alias(self):

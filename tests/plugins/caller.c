@@ -168,6 +168,27 @@ static void route_reset(struct lg_req *req, void *ud)
 	c->host->reply(req, 200, "application/json", "{}", 2);
 }
 
+/* ---- blocking database calls from a worker: refused ---- */
+
+static void route_db_sync(struct lg_req *req, void *ud)
+{
+	struct caller *c = ud;
+	struct lg_db_copy copy = { .size = sizeof copy, .copy_sql = "COPY t FROM STDIN" };
+	struct lg_db_copy bad = { .size = 0, .copy_sql = "COPY t FROM STDIN" };
+	char qerr[128] = "", cerr[128] = "";
+	PGresult *res = NULL, *cres = NULL;
+	int q = c->host->db_query_sync(c->self, "SELECT 1", 0, NULL, &res, qerr, sizeof qerr);
+	int cp = c->host->db_copy_sync(c->self, &copy, &cres, cerr, sizeof cerr);
+	int inval = c->host->db_copy(c->self, &bad, NULL, NULL);
+	bool results = res || cres;
+
+	PQclear(res);
+	PQclear(cres);
+	reply_json(c, req, 200, json_pack("{s:i,s:s,s:i,s:s,s:b,s:i}", "query", q,
+					  "query_error", qerr, "copy", cp, "copy_error", cerr,
+					  "results", results, "invalid", inval));
+}
+
 static enum lg_hook_result on_complete(struct lg_req *req, void *ud)
 {
 	struct caller *c = ud;
@@ -279,6 +300,8 @@ static int caller_init(struct lg_plugin *self, const struct lg_host *host)
 		  route_completes },
 		{ sizeof(struct lg_route), "POST", "/caller/reset", LG_POLICY_PUBLIC, 0,
 		  route_reset },
+		{ sizeof(struct lg_route), "GET", "/caller/db-sync", LG_POLICY_PUBLIC, 0,
+		  route_db_sync },
 	};
 	struct caller *c = calloc(1, sizeof *c);
 	int rc = 0;
