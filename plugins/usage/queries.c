@@ -334,15 +334,15 @@ static void route_me_usage(struct lg_req *req, void *ud)
 		"'kWh', p.kwh, 'kgCO2eq', p.kgco2eq), 'metrics', json_build_object("
 		"'latency', round(p.latency_ms)::bigint, 'ttft', round(p.ttft_ms)::bigint)), "
 		"'created', floor(extract(epoch FROM p.created))::bigint) "
-		"ORDER BY p.created %s, p.id %s), '[]'::json)) FROM ("
-		"SELECT id, created, request_id, model_name, key_name, endpoint, method, status, "
-		"prompt_tokens, completion_tokens, total_tokens, cost, kwh, kgco2eq, latency_ms, "
-		"ttft_ms FROM usage WHERE created >= to_timestamp($%d::bigint) "
+		"ORDER BY p.created %s, p.record_id %s), '[]'::json)) FROM ("
+		"SELECT record_id, created, request_id, model_name, key_name, endpoint, method, "
+		"status, prompt_tokens, completion_tokens, total_tokens, cost, kwh, kgco2eq, "
+		"latency_ms, ttft_ms FROM usage WHERE created >= to_timestamp($%d::bigint) "
 		"AND created < to_timestamp($%d::bigint) AND status BETWEEN 200 AND 299",
 		order, order, sql_param(&q, from), sql_param(&q, to));
 	if (!add_owner(u, req, who, 0, 0, &q) || !add_endpoint(u, req, &q))
 		return;
-	sql_add(&q, " ORDER BY created %s, id %s OFFSET $%d::bigint LIMIT $%d::bigint) p",
+	sql_add(&q, " ORDER BY created %s, record_id %s OFFSET $%d::bigint LIMIT $%d::bigint) p",
 		order, order, sql_param(&q, page.offset_text), sql_param(&q, page.limit_text));
 	run(u, req, &q);
 }

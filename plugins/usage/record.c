@@ -110,11 +110,12 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
 }
 
 /* text: the bytes, invalid sequences as U+FFFD (at most 3 bytes of output
- * per input byte); NULL for a NULL @s. */
+ * per input byte); NULL for a NULL @s. Valid sequences are copied a run at
+ * a time: the usual text (ids, paths, names) is one run. */
 static void put_text(struct out *o, const char *s)
 {
 	const unsigned char *p = (const unsigned char *)s;
-	size_t at, left;
+	size_t at, left, run, len;
 
 	if (!s) {
 		put_null(o);
@@ -124,16 +125,19 @@ static void put_text(struct out *o, const char *s)
 	put_be32(o, 0);                 /* the length, once known */
 	left = strlen(s);
 	while (left > 0) {
-		size_t len = utf8_seq(p, left);
-
-		if (len == 0) {
-			put(o, "\xEF\xBF\xBD", 3);
-			len = 1;
-		} else {
-			put(o, p, len);
+		for (run = 0; run < left; run += len) {
+			len = utf8_seq(p + run, left - run);
+			if (len == 0)
+				break;
 		}
-		p += len;
-		left -= len;
+		put(o, p, run);
+		p += run;
+		left -= run;
+		if (left > 0) {
+			put(o, "\xEF\xBF\xBD", 3);
+			p++;
+			left--;
+		}
 	}
 	len_at(o, at);
 }

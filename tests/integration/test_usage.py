@@ -63,8 +63,8 @@ def chat(g, rid, stream=False, model="priced", timeout=30):
 
 def rows(pg, where, args=""):
     """The usage rows matching @where, as dicts (psql's text values)."""
-    sql = ("SELECT row_to_json(u) FROM (SELECT %s FROM usage WHERE %s ORDER BY id) u"
-           % (", ".join(COLUMNS), where))
+    sql = ("SELECT row_to_json(u) FROM (SELECT %s FROM usage WHERE %s "
+           "ORDER BY created, record_id) u" % (", ".join(COLUMNS), where))
     return [json.loads(r[0]) for r in pg.psql(sql)]
 
 

@@ -604,7 +604,7 @@ class MillionRows(unittest.TestCase):
         data, _ = self.ask(path, headers, ROWS_SQL)
         expected = self.pg.psql(
             "SELECT request_id FROM usage WHERE %s AND status BETWEEN 200 AND 299 "
-            "AND created >= now() - interval '30 days' ORDER BY created DESC, id DESC "
+            "AND created >= now() - interval '30 days' ORDER BY created DESC, record_id DESC "
             "OFFSET 20 LIMIT 50" % where)
         self.assertEqual([x["request_id"] for x in data], [r[0] for r in expected])
         self.assertEqual(len(data), 50)
