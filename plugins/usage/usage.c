@@ -658,6 +658,8 @@ static void flight_free(struct flight *f)
 	free(f);
 }
 
+static void send_next(struct usage *u);
+
 static void on_inserted(const PGresult *res, const char *error, void *arg)
 {
 	struct flight *f = arg;
@@ -681,6 +683,11 @@ static void on_inserted(const PGresult *res, const char *error, void *arg)
 			replay_advance(u, f->n);
 	}
 	flight_free(f);
+	/* While PostgreSQL takes them, batches go back to back: one per tick
+	 * would cap the ledger at batch_size records per tick, below the
+	 * gateway's rate, and a journal could never catch up. */
+	if (!error)
+		send_next(u);
 }
 
 /* Loads JSON records of 0.2: with @f asynchronously (on_inserted), else
@@ -907,31 +914,46 @@ static void replay_chunk(struct usage *u)
 		note_db_down(u, strerror(-rc));
 }
 
+/* A batch's worth of records is queued, or the oldest has waited long
+ * enough. */
+static bool batch_due(struct usage *u, size_t queued, uint64_t now)
+{
+	return queued >= u->batch_size ||
+	       (queued > 0 && now - u->last_flush_ms >= u->flush_interval_ms);
+}
+
 static void flush_or_replay(struct usage *u)
 {
 	uint64_t now = now_ms();
 	size_t queued = queue_len(u);
+	bool due = batch_due(u, queued, now);
 
+	if (due)
+		u->last_flush_ms = now;
 	if (u->replaying || journal_pending(u->journal) > 0) {
-		if (queued > 0)
+		if (due)
 			queue_to_journal(u, false);
 		if (now >= u->retry_at_ms)
 			replay_chunk(u);
-		return;
+	} else if (due) {
+		flush_queue(u);
 	}
-	if (queued == 0 || (queued < u->batch_size && now - u->last_flush_ms < u->flush_interval_ms))
-		return;
-	u->last_flush_ms = now;
-	flush_queue(u);
+}
+
+/* What the timer does, and a batch's success at once: gather the workers'
+ * records, then send a batch if one is due. */
+static void send_next(struct usage *u)
+{
+	collect(u);
+	if (!u->inflight)
+		flush_or_replay(u);
 }
 
 static void on_tick(void *arg)
 {
 	struct usage *u = arg;
 
-	collect(u);
-	if (!u->inflight)
-		flush_or_replay(u);
+	send_next(u);
 	journal_state(u);
 	log_dropped(u, false);
 }

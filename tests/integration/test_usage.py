@@ -439,6 +439,22 @@ class Fields(UsageCase):
             self.assertEqual(os.listdir(self.journal), [])
             self.assert_clean_exit(g)
 
+    def test_batches_go_back_to_back(self):
+        """A queue longer than a batch goes out batch after batch as fast as
+        PostgreSQL takes them, not one batch per timer tick (50 ms): with
+        batches of one record, 1000 calls would take 50 s at one per tick,
+        and a gateway serving more than a batch per tick would fall behind
+        for ever."""
+        cfg = config(self.journal, batch_size=1, flush_interval="10s")
+        with self.gateway(cfg) as g:
+            load = Load(g, self.prefix)
+            load.wait_completed(1000)
+            rids = load.stop()
+            self.assertGreaterEqual(len(rids), 1000)
+            wait_rows(self, self.pg, self.prefix, len(rids), timeout=20)
+            self.assertEqual(os.listdir(self.journal), [])
+            self.assert_clean_exit(g)
+
     def test_partitions_of_this_month_and_the_next(self):
         with self.gateway() as g:
             self.assertEqual(chat(g, self.prefix + "p").status, 200)
