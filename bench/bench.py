@@ -186,6 +186,20 @@ def cpu_ticks(pids):
     return user, system
 
 
+def cluster_cpu_ticks(data_dir):
+    """CPU ticks a PostgreSQL cluster has spent: its postmaster, the children
+    it runs (backends, writers) and those it has reaped (cutime, cstime)."""
+    try:
+        with open(os.path.join(data_dir, "postmaster.pid")) as f:
+            postmaster = int(f.readline())
+        with open("/proc/%d/stat" % postmaster) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError, ValueError):
+        return 0
+    user, system = cpu_ticks(children(postmaster))
+    return sum(int(x) for x in fields[11:15]) + user + system
+
+
 def children(pid):
     found = []
     for entry in os.listdir("/proc"):
@@ -392,18 +406,60 @@ def run_wrk(target, script, connections, threads, seconds):
     return res
 
 
-def measure(target, script, connections, threads, seconds):
-    """A wrk run, with the CPU time the target's processes spent on it."""
+def measure(target, script, connections, threads, seconds, pg_data):
+    """A wrk run, with the CPU time the target's processes and PostgreSQL
+    (cluster @pg_data, shared by every row) spent on it."""
     u0, s0 = cpu_ticks(target.pids())
+    pg0 = cluster_cpu_ticks(pg_data)
     res = run_wrk(target, script, connections, threads, seconds)
     u1, s1 = cpu_ticks(target.pids())
+    pg1 = cluster_cpu_ticks(pg_data)
     hz = os.sysconf("SC_CLK_TCK")
     n = max(res["requests"], 1)
     res["cpu_s"] = (u1 - u0 + s1 - s0) / hz
     res["cpu_us_per_req"] = res["cpu_s"] * 1e6 / n
     res["user_us_per_req"] = (u1 - u0) / hz * 1e6 / n
+    res["pg_cpu_us_per_req"] = (pg1 - pg0) / hz * 1e6 / n
     target.sample_rss()
     return res
+
+
+def ledger_backlog(target):
+    """Records @target's usage ledger holds and has not stored (in memory,
+    or bytes in its journal), from its /metrics; None for a row without
+    the ledger."""
+    r = lgtest.http_request(target.host, target.port, "GET", "/metrics", None,
+                            {"Authorization": "Bearer " + MASTER_KEY}, timeout=10)
+    if r.status != 200:
+        return None
+    values = dict(line.rsplit(" ", 1) for line in r.text.splitlines()
+                  if line.startswith(("llmgate_usage_queue_depth ",
+                                      "llmgate_usage_journal_bytes ")))
+    if not values:
+        return None
+    return (int(float(values.get("llmgate_usage_queue_depth", 0))),
+            int(float(values.get("llmgate_usage_journal_bytes", 0))))
+
+
+def backlog_text(backlog):
+    if backlog is None:
+        return ""
+    return ", ledger backlog %d records + %d journal bytes" % backlog
+
+
+def settle_ledger(target, timeout=120):
+    """The ledger's backlog when a run ended, then a wait until it is
+    stored: work a run leaves behind must not fall on the next row."""
+    first = ledger_backlog(target)
+    deadline = time.monotonic() + timeout
+    now = first
+    while now and now != (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = ledger_backlog(target)
+    if now and now != (0, 0):
+        raise BenchError("%s: the usage ledger still holds %d records and %d journal bytes "
+                         "after %d s" % (target.name, now[0], now[1], timeout))
+    return first
 
 
 def paired_loss(base_runs, variant_runs):
@@ -702,24 +758,40 @@ def report(args, targets, results, extra):
     others = [t for t in targets if t.kind == "llmgate" and t.name != base]
     if others:
         out.append("")
-        out.append("Plugin costs (the default llmgate row minus the variant):")
+        ledger_notes = []
+        out.append("Plugin costs (the default llmgate row minus the variant; PostgreSQL's CPU is "
+                   "that of its whole cluster during the run):")
         out.append("")
         out.append("| workload | variant | rps change @%d | variant's rps loss, round by round: "
-                   "median (range) | p50 @1 change (us) | CPU per request change (us) |" % conns)
-        out.append("|---|---|---:|---:|---:|---:|")
+                   "median (range) | p50 @1 change (us) | CPU per request change (us) | "
+                   "PostgreSQL's CPU per request: variant (default) (us) |" % conns)
+        out.append("|---|---|---:|---:|---:|---:|---:|")
         for w in args.workloads:
             b = results[w][base]
             for t in others:
                 v = results[w][t.name]
                 d_rps = (b["load"]["rps"] / v["load"]["rps"] - 1) * 100 if v["load"]["rps"] else 0
                 loss = paired_loss(b["runs"]["load"], v["runs"]["load"])
-                out.append("| %s | %s | %+.1f%% | %.1f%% (%.1f to %.1f) | %+d | %+.1f |" % (
-                    w, t.name, d_rps, loss[0], loss[1], loss[2],
-                    round(b["one"]["p50"] - v["one"]["p50"]),
-                    b["load"]["cpu_us_per_req"] - v["load"]["cpu_us_per_req"]))
+                out.append("| %s | %s | %+.1f%% | %.1f%% (%.1f to %.1f) | %+d | %+.1f | "
+                           "%.1f (%.1f) |" % (
+                               w, t.name, d_rps, loss[0], loss[1], loss[2],
+                               round(b["one"]["p50"] - v["one"]["p50"]),
+                               b["load"]["cpu_us_per_req"] - v["load"]["cpu_us_per_req"],
+                               v["load"]["pg_cpu_us_per_req"], b["load"]["pg_cpu_us_per_req"]))
+                backlogs = [r["ledger_backlog"] for r in v["runs"]["load"]
+                            if r.get("ledger_backlog")]
+                if backlogs:
+                    ledger_notes.append("%s, %s: at most %d records in memory and %d journal "
+                                        "bytes" % (w, t.name, max(x[0] for x in backlogs),
+                                                   max(x[1] for x in backlogs)))
                 if t.name == "llmgate +usage":
                     verdicts.append(("usage", w, loss[0] <= USAGE_LOSS_MAX,
                                      "%.1f%%" % loss[0]))
+        if ledger_notes:
+            out.append("")
+            out.append("The ledger's backlog when each run ended (rows not yet in PostgreSQL, "
+                       "stored before the next run starts, so the run did not pay for them): "
+                       + "; ".join(ledger_notes) + ".")
         out.append("")
         out.append("(A negative rps change is that many percent fewer requests with the default "
                    "plugins than in the variant. The rps loss compares each round's variant "
@@ -844,11 +916,16 @@ def main():
                     if rep == 0 and args.warmup > 0:
                         run_wrk(t, scripts[w], args.connections, args.threads, args.warmup)
                     load = measure(t, scripts[w], args.connections, args.threads,
-                                   args.duration)
-                    one = measure(t, scripts[w], 1, 1, args.duration)
+                                   args.duration, pg.data)
+                    load["ledger_backlog"] = settle_ledger(t) if t.kind == "llmgate" else None
+                    one = measure(t, scripts[w], 1, 1, args.duration, pg.data)
+                    if t.kind == "llmgate":
+                        settle_ledger(t)
                     runs[t.name]["load"].append(load)
                     runs[t.name]["one"].append(one)
-                    sys.stderr.write(" %8.0f rps, p50 @1 %5d us\n" % (load["rps"], one["p50"]))
+                    sys.stderr.write(" %8.0f rps, p50 @1 %5d us, PostgreSQL %5.1f us/request%s\n"
+                                     % (load["rps"], one["p50"], load["pg_cpu_us_per_req"],
+                                        backlog_text(load["ledger_backlog"])))
             results[w] = {name: {"load": median_run(r["load"]), "one": median_run(r["one"]),
                                  "runs": r} for name, r in runs.items()}
         for t in targets:

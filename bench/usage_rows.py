@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """How many usage rows per second PostgreSQL takes from the ledger.
 
-    bench/usage_rows.py [--build build-bench-release] [--rows 200000] [--batch 500]
+    bench/usage_rows.py [--build build-bench-release] [--rows 200000] [--batch 2000]
 
 Starts a private PostgreSQL cluster, lets llmgate apply the usage plugin's
 migrations (`llmgate migrate`), then sends batches of records in the shape the
@@ -90,7 +90,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--build", default="build-bench-release")
     ap.add_argument("--rows", type=int, default=200000)
-    ap.add_argument("--batch", type=int, default=500, help="records per statement")
+    ap.add_argument("--batch", type=int, default=2000, help="records per statement")
     args = ap.parse_args()
     binary = os.path.abspath(os.path.join(args.build, "core", "llmgate"))
     plugins = os.path.abspath(os.path.join(args.build, "plugins", "all"))

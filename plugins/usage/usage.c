@@ -72,7 +72,7 @@ static const struct lg_setting usage_settings[] = {
 	  "(required when enabled)" },
 	{ "flush_interval", LG_SETTING_DURATION, "200ms", 10, 60000, 0,
 	  "the longest a record waits in memory before its batch is sent" },
-	{ "batch_size", LG_SETTING_INT, "500", 1, 5000, 0,
+	{ "batch_size", LG_SETTING_INT, "2000", 1, 5000, 0,
 	  "records per batch (one COPY); a queue this long is sent at once" },
 	{ "queue_max", LG_SETTING_INT, "100000", 100, 10000000, 0,
 	  "records kept in memory; beyond it new records are dropped and counted" },
