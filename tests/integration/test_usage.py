@@ -548,6 +548,19 @@ class Journal(UsageCase):
                                    "IN ('%s', '%s')" % (one, two)))
         self.assertEqual(claims, {one: "2", two: "1"})
 
+    def test_replay_goes_back_to_back(self):
+        """A journal is replayed batch after batch as fast as PostgreSQL
+        takes them, not one batch per timer tick (50 ms): 600 batches would
+        take 30 s at one per tick, and a journal that fills faster than
+        that would never drain."""
+        with open(os.path.join(self.journal, "usage-%020d.journal" % 1), "w") as f:
+            for i in range(600):
+                f.write(batch_lines(uuid.uuid4().hex, [self.record(self.prefix + str(i))]))
+        with self.gateway() as g:
+            wait_rows(self, self.pg, self.prefix, 600, timeout=15)
+            wait_until(self, "the journal replayed", lambda: not os.listdir(self.journal))
+            self.assert_clean_exit(g)
+
     def test_replay_of_a_journal_of_0_2(self):
         """Segments of llmgate 0.2 (usage-N.jsonl, JSON records) are renamed
         and replayed, each record once, damaged lines skipped."""
