@@ -915,6 +915,8 @@ def main():
                     sys.stderr.flush()
                     if rep == 0 and args.warmup > 0:
                         run_wrk(t, scripts[w], args.connections, args.threads, args.warmup)
+                        if t.kind == "llmgate":
+                            settle_ledger(t)
                     load = measure(t, scripts[w], args.connections, args.threads,
                                    args.duration, pg.data)
                     load["ledger_backlog"] = settle_ledger(t) if t.kind == "llmgate" else None
