@@ -405,6 +405,22 @@ static char *record_base64(const struct usage_record *rec)
 	return text;
 }
 
+/* Room enough for the bytes that @len characters of base64 encode. */
+static size_t base64_room(size_t len)
+{
+	return len / 4 * 3 + 3;
+}
+
+/* Decodes a journal record, @b64, into @dst (@room bytes): false when it
+ * is not one. Its length in *@bin. */
+static bool record_from_base64(unsigned char *dst, size_t room, const char *b64, size_t *bin)
+{
+	size_t len = strlen(b64);
+
+	return len > 0 && sodium_base642bin(dst, room, b64, len, NULL, bin, NULL,
+					    sodium_base64_VARIANT_ORIGINAL) == 0;
+}
+
 /* The COPY data of a batch of journal lines ("<id> <base64>", checked by
  * drop_malformed()). NULL when out of memory. */
 static char *copy_data_of_journal(struct usage *u, char *const *lines, size_t n, size_t *len)
@@ -413,16 +429,14 @@ static char *copy_data_of_journal(struct usage *u, char *const *lines, size_t n,
 	char *buf;
 
 	for (size_t i = 0; i < n; i++)
-		records += strlen(lines[i] + BATCH_ID_HEX + 1) / 4 * 3 + 3;
+		records += base64_room(strlen(lines[i] + BATCH_ID_HEX + 1));
 	buf = copy_frame(u, records);
 	if (!buf)
 		return NULL;
 	for (size_t i = 0; i < n; i++) {
-		const char *b64 = lines[i] + BATCH_ID_HEX + 1;
-
-		if (sodium_base642bin((unsigned char *)buf + off,
-				      USAGE_COPY_HEADER_LEN + records - off, b64, strlen(b64),
-				      NULL, &bin, NULL, sodium_base64_VARIANT_ORIGINAL) != 0)
+		if (!record_from_base64((unsigned char *)buf + off,
+					USAGE_COPY_HEADER_LEN + records - off,
+					lines[i] + BATCH_ID_HEX + 1, &bin))
 			return NULL;
 		off += bin;
 	}
@@ -824,14 +838,13 @@ static bool in_batch(const char *line, const char *id)
 static bool decodes(const char *line)
 {
 	const char *b64 = line + BATCH_ID_HEX + 1;
-	size_t len = strlen(b64), bin;
-	unsigned char *buf = malloc(len / 4 * 3 + 3);
+	size_t room = base64_room(strlen(b64)), bin;
+	unsigned char *buf = malloc(room);
 	bool ok;
 
 	if (!buf)
 		return true;
-	ok = len > 0 && sodium_base642bin(buf, len / 4 * 3 + 3, b64, len, NULL, &bin, NULL,
-					  sodium_base64_VARIANT_ORIGINAL) == 0;
+	ok = record_from_base64(buf, room, b64, &bin);
 	free(buf);
 	return ok;
 }
